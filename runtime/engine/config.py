@@ -1,0 +1,95 @@
+"""EngineConfig: what to serve, where, and within which memory and batch limits."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from infire.errors import ConfigError
+
+WEIGHTS = ("dense", "compressed")
+DEVICES = ("cpu", "cuda", "auto")
+DTYPES = ("auto", "checkpoint", "float32", "bfloat16", "float16")
+ATTENTION_BACKENDS = ("auto", "torch", "triton")
+DEFAULT_MAX_MODEL_LEN_CAP = 32768
+_TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Engine settings; every field is checked on construction.
+
+    dtype "auto" means bfloat16 on CUDA and float32 on CPU ("checkpoint": the
+    dtype stored in the checkpoint); with weights="compressed", "auto" also means
+    the checkpoint dtype, since the weights are decoded as stored.
+    num_kv_blocks None sizes the cache from gpu_memory_utilization (CUDA) or
+    kv_cache_bytes (CPU). max_model_len None takes the model's, capped at
+    DEFAULT_MAX_MODEL_LEN_CAP and at what the KV cache can hold.
+    """
+
+    model: str
+    weights: str = "dense"
+    device: str = "auto"
+    dtype: str = "auto"
+    block_size: int = 16
+    num_kv_blocks: int | None = None
+    gpu_memory_utilization: float = 0.9
+    kv_cache_bytes: int = 512 * 1024**2
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    max_model_len: int | None = None
+    attention_backend: str = "auto"
+    seed: int = 0  # seeds the generator shared by requests without their own seed
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model:
+            raise ConfigError(f"model={self.model!r} is invalid; allowed: a checkpoint directory path")
+        _check_choice("weights", self.weights, WEIGHTS)
+        _check_choice("device", self.device, DEVICES)
+        _check_choice("dtype", self.dtype, DTYPES)
+        _check_choice("attention_backend", self.attention_backend, ATTENTION_BACKENDS)
+        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "kv_cache_bytes"):
+            _check_positive_int(name, getattr(self, name))
+        for name in ("num_kv_blocks", "max_model_len"):
+            if getattr(self, name) is not None:
+                _check_positive_int(name, getattr(self, name))
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError(
+                f"gpu_memory_utilization={self.gpu_memory_utilization!r} is invalid; allowed: 0 < value <= 1"
+            )
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("device='cuda' but no CUDA device is visible; allowed here: 'cpu' or 'auto'")
+
+    @property
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def torch_dtype(self, checkpoint_dtype: torch.dtype) -> torch.dtype:
+        """The dtype the model runs in, given the dtype the checkpoint stores."""
+        if self.dtype == "checkpoint" or (self.dtype == "auto" and self.weights == "compressed"):
+            return checkpoint_dtype
+        if self.dtype == "auto":
+            return torch.bfloat16 if self.torch_device.type == "cuda" else torch.float32
+        return _TORCH_DTYPES[self.dtype]
+
+    def resolved_attention_backend(self) -> str:
+        if self.attention_backend != "auto":
+            return self.attention_backend
+        return "triton" if self.torch_device.type == "cuda" else "torch"
+
+    def replace(self, **changes) -> "EngineConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is invalid; allowed: {', '.join(map(repr, allowed))}")
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name}={value!r} is invalid; allowed: an integer >= 1")

@@ -1,0 +1,152 @@
+"""The interleaved-lane bitstream: encoder and CPU reference decoder (numba).
+
+Layout of one coded tensor (all the GPU decoder needs, see kernels/decode.py):
+
+    symbols   s[0..n) are cut into blocks of LANES * steps symbols; inside a block,
+              symbol i belongs to lane i % LANES and is that lane's (i // LANES)-th.
+    lane      a lane's codes are concatenated MSB-first into 16-bit words.
+    stream    the words of a block, in the order a lockstep decoder asks for them:
+              at step t every active lane j with fewer than MAX_CODE_LEN bits buffered
+              takes one word; lanes that do so at the same step take consecutive words,
+              in lane order. So a lane's read position is base + exclusive prefix sum
+              of the "needs a word" flags, and the block stream has no padding beyond
+              each lane's last, partly used word.
+    index     int64[num_blocks + 1]: word offset of each block's stream.
+
+The decoder keeps a 32-bit buffer per lane, MSB-aligned: peek the top 12 bits, look
+up (symbol, length) in the decode table, shift the buffer left by the length.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from ..errors import CorruptDataError
+from .huffman import MAX_CODE_LEN
+
+LANES = 32  # lanes a block decodes in lockstep; a warp of threads on the GPU
+WORD_BITS = 16
+
+
+@numba.njit(cache=True, nogil=True)
+def _lane_words(sym, start, count, steps, codes, lengths, scratch):
+    """Write each lane's codes, MSB-first, into scratch[lane, word]; return bits per lane."""
+    nbits = np.zeros(LANES, dtype=np.int64)
+    scratch[:, :] = 0
+    for i in range(count):
+        lane = i % LANES
+        s = sym[start + i]
+        code = np.uint32(codes[s])
+        n = lengths[s]
+        pos = nbits[lane]
+        word = pos >> 4
+        # place the code in a 32-bit window that covers words `word` and `word + 1`
+        window = code << np.uint32(32 - (pos & 15) - n)
+        scratch[lane, word] |= np.uint16(window >> np.uint32(16))
+        scratch[lane, word + 1] |= np.uint16(window & np.uint32(0xFFFF))
+        nbits[lane] = pos + n
+    return nbits
+
+
+@numba.njit(cache=True, nogil=True)
+def _emit_block(sym, start, count, lengths, scratch, out, out_pos):
+    """Emit lane words in the order the lockstep decoder reads them; return words written."""
+    consumed = np.zeros(LANES, dtype=np.int64)
+    taken = np.zeros(LANES, dtype=np.int64)
+    written = 0
+    for i in range(count):
+        lane = i % LANES
+        if taken[lane] * WORD_BITS - consumed[lane] < MAX_CODE_LEN:
+            out[out_pos + written] = scratch[lane, taken[lane]]
+            taken[lane] += 1
+            written += 1
+        consumed[lane] += lengths[sym[start + i]]
+    return written
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _encode(sym, codes, lengths, steps, num_blocks, block_capacity, staging, counts):
+    block_size = LANES * steps
+    max_words = (MAX_CODE_LEN * steps + MAX_CODE_LEN) // WORD_BITS + 2
+    for b in numba.prange(num_blocks):
+        start = b * block_size
+        count = min(block_size, sym.size - start)
+        scratch = np.empty((LANES, max_words), dtype=np.uint16)
+        _lane_words(sym, start, count, steps, codes, lengths, scratch)
+        counts[b] = _emit_block(sym, start, count, lengths, scratch, staging, b * block_capacity)
+
+
+def block_capacity(steps: int) -> int:
+    """Most words one block can need (every code at the maximum length)."""
+    return LANES * ((MAX_CODE_LEN * steps + MAX_CODE_LEN) // WORD_BITS + 1)
+
+
+def encode(sym: np.ndarray, codes: np.ndarray, lengths: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Encode uint8 symbols; returns (words uint16[W], index int64[num_blocks + 1])."""
+    num_blocks = -(-sym.size // (LANES * steps))
+    capacity = block_capacity(steps)
+    staging = np.empty(num_blocks * capacity, dtype=np.uint16)
+    counts = np.zeros(num_blocks, dtype=np.int64)
+    _encode(sym, codes.astype(np.uint16), lengths.astype(np.int64), steps, num_blocks, capacity, staging, counts)
+    index = np.zeros(num_blocks + 1, dtype=np.int64)
+    np.cumsum(counts, out=index[1:])
+    words = np.empty(int(index[-1]), dtype=np.uint16)
+    _compact(staging, counts, index, capacity, words)
+    return words, index
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _compact(staging, counts, index, capacity, words):
+    for b in numba.prange(counts.size):
+        words[index[b] : index[b + 1]] = staging[b * capacity : b * capacity + counts[b]]
+
+
+@numba.njit(cache=True, nogil=True)
+def _decode_block(words, begin, end, table, count, out, out_start):
+    """Decode one block in lockstep; return 0 if it consumed exactly [begin, end), else 1."""
+    buf = np.zeros(LANES, dtype=np.uint32)
+    nbits = np.zeros(LANES, dtype=np.int64)
+    pos = begin
+    for i in range(count):
+        lane = i % LANES
+        if nbits[lane] < MAX_CODE_LEN:
+            if pos >= end:
+                return 1
+            buf[lane] |= np.uint32(words[pos]) << np.uint32(16 - nbits[lane])
+            nbits[lane] += 16
+            pos += 1
+        entry = table[buf[lane] >> np.uint32(32 - MAX_CODE_LEN)]
+        n = entry >> 8
+        if n > nbits[lane]:
+            return 1
+        out[out_start + i] = entry & 0xFF
+        buf[lane] <<= np.uint32(n)
+        nbits[lane] -= n
+    return 0 if pos == end else 1
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _decode(words, index, table, steps, first_block, num_blocks, n, out, status):
+    block_size = LANES * steps
+    for k in numba.prange(num_blocks):
+        b = first_block + k
+        start = b * block_size
+        count = min(block_size, n - start)
+        status[k] = _decode_block(words, index[b], index[b + 1], table, count, out, k * block_size)
+
+
+def decode(words: np.ndarray, index: np.ndarray, table: np.ndarray, steps: int, n: int,
+           blocks: tuple[int, int] | None = None, where: str = "tensor") -> np.ndarray:
+    """Decode symbols of blocks [first, last) (all by default) into uint8[...]."""
+    first, last = blocks if blocks is not None else (0, index.size - 1)
+    block_size = LANES * steps
+    count = min(last * block_size, n) - first * block_size
+    out = np.empty(max(count, 0), dtype=np.uint8)
+    status = np.zeros(last - first, dtype=np.int64)
+    _decode(words, index, table.astype(np.int64), steps, first, last - first, n, out, status)
+    bad = np.flatnonzero(status)
+    if bad.size:
+        raise CorruptDataError(f"{where}: coded stream of block {first + int(bad[0])} does not decode "
+                               f"(truncated or corrupted data)")
+    return out

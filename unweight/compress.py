@@ -1,0 +1,228 @@
+"""`compress`: a safetensors checkpoint -> a packed directory, verified, written atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .codec import floats
+from .codec.tensor import DEFAULT_STEPS, EncodedTensor, encode_float, encode_other
+from .errors import DestinationError
+from .format.manifest import Manifest, SourceFile, TensorRecord
+from .format.safetensors_file import SafetensorsHeader, TensorEntry, read_header, read_range, write_file
+from .sources import SourceCheckpoint, resolve_source
+
+log = logging.getLogger(__name__)
+DEFAULT_SHARD_BYTES = 2 * 1024**3
+
+
+@dataclass
+class TensorStats:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    original_bytes: int
+    packed_bytes: int
+    entropy_bits: float      # exponent-symbol entropy (coded floats), else 0
+    bound_bytes: float       # entropy bound of this codec family for the tensor
+
+    @property
+    def bits_per_weight(self) -> float:
+        numel = max(1, int(np.prod(self.shape)))
+        return 8 * self.packed_bytes / numel
+
+
+@dataclass
+class CompressReport:
+    source: str
+    destination: Path
+    tensors: list[TensorStats] = field(default_factory=list)
+    original_bytes: int = 0          # size of the source weight files
+    packed_bytes: int = 0            # size of the shards + manifest
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        return self.packed_bytes / max(1, self.original_bytes)
+
+    @property
+    def bound_ratio(self) -> float:
+        return sum(t.bound_bytes for t in self.tensors) / max(1, self.original_bytes)
+
+
+Progress = Callable[[int], None]  # called with bytes of source tensor data done
+
+
+def compress(src: str | Path, dst: str | Path, *, force: bool = False, verify: bool = True,
+             shard_bytes: int = DEFAULT_SHARD_BYTES, steps: int = DEFAULT_STEPS,
+             progress: Progress | None = None) -> CompressReport:
+    """Compress SRC into the packed directory DST (atomically: a temporary directory renamed at the end)."""
+    source = resolve_source(src)
+    dst = Path(dst).expanduser().absolute()
+    _check_destination(source, dst, force)
+    report = CompressReport(str(src), dst, skipped=list(source.skipped))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=_existing_parent(dst)))
+    _open_permissions(tmp)
+    try:
+        manifest = _write_packed(source, tmp, report, verify, shard_bytes, steps, progress or (lambda n: None))
+        manifest.save(tmp)
+        report.packed_bytes = sum(f.stat().st_size for f in tmp.iterdir() if f.suffix in (".safetensors", ".json")
+                                  and f.name in set(manifest.shards) | {"unweight.json"})
+        _replace(tmp, dst)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DestinationError(f"{dst}: cannot write the packed checkpoint ({e.strerror or e})") from e
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return report
+
+
+def _open_permissions(path: Path) -> None:
+    """mkdtemp makes 0700 directories; the result should get the usual umask-based mode."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o777 & ~umask)
+
+
+def _existing_parent(dst: Path) -> Path:
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DestinationError(f"{dst.parent}: cannot create the output directory ({e.strerror or e})") from e
+    if not os.access(dst.parent, os.W_OK):
+        raise DestinationError(f"{dst.parent}: directory is not writable")
+    return dst.parent
+
+
+def _check_destination(source: SourceCheckpoint, dst: Path, force: bool) -> None:
+    root = source.root.resolve()
+    if dst.resolve() == root or root in dst.resolve().parents:
+        raise DestinationError(f"{dst}: the output may not be inside the source checkpoint {root}")
+    _check_destination_empty(dst, force)
+
+
+def _check_destination_empty(dst: Path, force: bool) -> None:
+    if dst.exists() and not dst.is_dir():
+        raise DestinationError(f"{dst}: exists and is not a directory")
+    if dst.is_dir() and any(dst.iterdir()) and not force:
+        raise DestinationError(f"{dst}: exists and is not empty (pass --force to replace it)")
+
+
+def _replace(tmp: Path, dst: Path) -> None:
+    """Move the finished directory into place; an older DST is removed only after that succeeds."""
+    old = None
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        dst.rename(old)
+    tmp.rename(dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_packed(source: SourceCheckpoint, out: Path, report: CompressReport, verify: bool,
+                  shard_bytes: int, steps: int, progress: Progress) -> Manifest:
+    manifest = Manifest(created_by=f"unweight {__version__}")
+    shards = _ShardWriter(out, shard_bytes)
+    for rel in source.weight_files:
+        header = read_header(source.root / rel)
+        manifest.files.append(_source_file(rel, header))
+        report.original_bytes += header.file_size
+        for entry in header.entries.values():
+            encoded = _encode_entry(header, entry, steps, verify, progress)
+            shard = shards.add(entry.name, encoded.streams)
+            manifest.tensors[entry.name] = _record(rel, entry, encoded, shard)
+            report.tensors.append(_stats(entry, encoded))
+    manifest.shards = shards.close()
+    for rel in source.other_files:
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source.root / rel, out / rel)
+        manifest.copied.append(rel)
+    return manifest
+
+
+def _source_file(rel: str, header: SafetensorsHeader) -> SourceFile:
+    import base64
+
+    return SourceFile(rel, header.file_size, _file_sha256(header.path),
+                      base64.b64encode(header.header_bytes).decode(), list(header.entries))
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _encode_entry(header: SafetensorsHeader, entry: TensorEntry, steps: int, verify: bool,
+                  progress: Progress) -> EncodedTensor:
+    where = f"{header.path.name}: tensor {entry.name!r}"
+    if entry.dtype in floats.LAYOUTS and entry.numel > 0:
+        return encode_float(entry.dtype, entry.numel, lambda a, b: read_range(header, entry, a, b),
+                            steps=steps, where=where, verify=verify, on_bytes=progress)
+    data = read_range(header, entry)
+    progress(data.size)
+    return encode_other(data)
+
+
+def _record(rel: str, entry: TensorEntry, encoded: EncodedTensor, shard: str) -> TensorRecord:
+    return TensorRecord(
+        name=entry.name, file=rel, dtype=entry.dtype, shape=list(entry.shape), sha256=encoded.sha256,
+        encoding=encoded.encoding, shard=shard,
+        streams={role: f"{entry.name}/{role}" for role in encoded.streams},
+        original_bytes=entry.nbytes, packed_bytes=encoded.packed_bytes, steps=encoded.steps,
+        code_lengths=encoded.code_lengths.tobytes().hex() if encoded.code_lengths is not None else "",
+        entropy_bits=encoded.entropy_bits)
+
+
+def _stats(entry: TensorEntry, encoded: EncodedTensor) -> TensorStats:
+    if encoded.encoding == "lanes":
+        layout = floats.LAYOUTS[entry.dtype]
+        bound = entry.numel * (encoded.entropy_bits + 8 * layout.raw_planes) / 8
+    else:
+        bound = encoded.packed_bytes
+    return TensorStats(entry.name, entry.dtype, entry.shape, entry.nbytes, encoded.packed_bytes,
+                       encoded.entropy_bits, bound)
+
+
+class _ShardWriter:
+    """Collects streams and writes a shard whenever the next tensor would overflow it."""
+
+    def __init__(self, out: Path, shard_bytes: int):
+        self.out, self.shard_bytes = out, shard_bytes
+        self.pending: list[tuple[str, np.ndarray]] = []
+        self.pending_bytes = 0
+        self.names: list[str] = []
+
+    def add(self, name: str, streams: dict[str, np.ndarray]) -> str:
+        size = sum(a.size for a in streams.values())
+        if self.pending and self.pending_bytes + size > self.shard_bytes:
+            self._flush()
+        self.pending += [(f"{name}/{role}", a) for role, a in streams.items()]
+        self.pending_bytes += size
+        return self._name(len(self.names))
+
+    def close(self) -> list[str]:
+        if self.pending or not self.names:
+            self._flush()
+        return self.names
+
+    def _name(self, i: int) -> str:
+        return f"packed-{i + 1:05d}.safetensors"
+
+    def _flush(self) -> None:
+        name = self._name(len(self.names))
+        write_file(self.out / name, self.pending)
+        self.names.append(name)
+        self.pending, self.pending_bytes = [], 0

@@ -1,0 +1,128 @@
+"""The manifest of a packed checkpoint (unweight.json): what every stream is and how to undo it.
+
+Readers check `format` and `format_version` first and refuse what they do not know.
+Per tensor it records the SHA-256 of the original bytes; per source file the exact
+original header, so `decompress` rebuilds byte-identical files.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..errors import FormatError
+
+MANIFEST_NAME = "unweight.json"
+FORMAT_NAME = "unweight-packed"
+FORMAT_VERSION = 1
+MAX_MANIFEST_BYTES = 256 * 1024 * 1024
+ENCODINGS = ("lanes", "zstd", "raw")
+
+
+@dataclass
+class TensorRecord:
+    name: str
+    file: str                       # source file it came from
+    dtype: str                      # safetensors dtype name
+    shape: list[int]
+    sha256: str                     # of the original bytes
+    encoding: str                   # one of ENCODINGS
+    shard: str                      # shard file holding its streams
+    streams: dict[str, str]         # role ("words", "index", "raw", "data") -> tensor name in the shard
+    original_bytes: int
+    packed_bytes: int
+    steps: int = 0                  # lanes encoding: steps a block
+    code_lengths: str = ""          # lanes encoding: 256 code lengths, hex
+    entropy_bits: float = 0.0       # lanes encoding: exponent-symbol entropy, bits a weight
+
+
+@dataclass
+class SourceFile:
+    name: str                       # path relative to the checkpoint root
+    size: int
+    sha256: str
+    header_b64: str                 # exact header bytes (JSON + padding)
+    tensors: list[str]              # in data order
+
+    @property
+    def header_bytes(self) -> bytes:
+        return base64.b64decode(self.header_b64)
+
+
+@dataclass
+class Manifest:
+    files: list[SourceFile] = field(default_factory=list)
+    tensors: dict[str, TensorRecord] = field(default_factory=dict)
+    copied: list[str] = field(default_factory=list)   # non-weight files copied verbatim
+    shards: list[str] = field(default_factory=list)
+    created_by: str = ""
+
+    def to_json(self) -> str:
+        body = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "created_by": self.created_by,
+            "copied": self.copied,
+            "shards": self.shards,
+            "files": [asdict(f) for f in self.files],
+            "tensors": {name: asdict(t) for name, t in self.tensors.items()},
+        }
+        return json.dumps(body, indent=1)
+
+    def save(self, directory: Path) -> None:
+        (Path(directory) / MANIFEST_NAME).write_text(self.to_json())
+
+
+def load_manifest(directory: Path) -> Manifest:
+    """Read and validate the manifest of a packed directory."""
+    path = Path(directory) / MANIFEST_NAME
+    try:
+        size = path.stat().st_size
+        if size > MAX_MANIFEST_BYTES:
+            raise FormatError(f"{path}: manifest is {size} bytes (limit {MAX_MANIFEST_BYTES})")
+        body = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise FormatError(f"{directory}: not a packed checkpoint ({MANIFEST_NAME} is missing)") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FormatError(f"{path}: manifest is unreadable ({e})") from e
+    _check_version(path, body)
+    try:
+        return Manifest(
+            files=[SourceFile(**f) for f in body["files"] if _safe_name(f["name"])],
+            tensors={name: _tensor_record(t) for name, t in body["tensors"].items()},
+            copied=[_safe_name(c) for c in body["copied"]],
+            shards=[_safe_name(s) for s in body["shards"]],
+            created_by=str(body.get("created_by", "")),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise FormatError(f"{path}: manifest is malformed ({type(e).__name__}: {e})") from e
+
+
+def _check_version(path: Path, body) -> None:
+    if not isinstance(body, dict) or body.get("format") != FORMAT_NAME:
+        raise FormatError(f"{path}: not an unweight manifest (format field is "
+                          f"{body.get('format') if isinstance(body, dict) else None!r}, expected {FORMAT_NAME!r})")
+    version = body.get("format_version")
+    if version != FORMAT_VERSION:
+        raise FormatError(f"{path}: format version {version!r} is not supported by this unweight "
+                          f"(reads version {FORMAT_VERSION}); upgrade unweight or re-compress the source")
+
+
+def _safe_name(name: str) -> str:
+    """A file name from the manifest must stay inside the packed directory."""
+    parts = Path(name).parts
+    if not isinstance(name, str) or not parts or Path(name).is_absolute() or ".." in parts:
+        raise ValueError(f"file name {name!r} points outside the checkpoint directory")
+    return name
+
+
+def _tensor_record(raw: dict) -> TensorRecord:
+    record = TensorRecord(**raw)
+    _safe_name(record.shard)
+    if record.encoding not in ENCODINGS:
+        raise ValueError(f"tensor {record.name!r} has unknown encoding {record.encoding!r}")
+    if any(not isinstance(d, int) or d < 0 for d in record.shape):
+        raise ValueError(f"tensor {record.name!r} has invalid shape {record.shape!r}")
+    return record
