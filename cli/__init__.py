@@ -1,1 +1,1 @@
-"""TODO"""
+"""Command-line apps `unweight` and `infire`: argument parsing, progress, tables, exit codes."""

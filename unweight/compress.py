@@ -6,7 +6,6 @@ import hashlib
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,8 @@ from . import __version__
 from .codec import floats
 from .codec.tensor import DEFAULT_STEPS, EncodedTensor, encode_float, encode_other
 from .errors import DestinationError
-from .format.manifest import Manifest, SourceFile, TensorRecord
+from .format.output_dir import atomic_directory
+from .format.manifest import MANIFEST_NAME, Manifest, SourceFile, TensorRecord
 from .format.safetensors_file import SafetensorsHeader, TensorEntry, read_header, read_range, write_file
 from .sources import SourceCheckpoint, resolve_source
 
@@ -70,63 +70,25 @@ def compress(src: str | Path, dst: str | Path, *, force: bool = False, verify: b
     dst = Path(dst).expanduser().absolute()
     _check_destination(source, dst, force)
     report = CompressReport(str(src), dst, skipped=list(source.skipped))
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=_existing_parent(dst)))
-    _open_permissions(tmp)
-    try:
+    with atomic_directory(dst, force) as tmp:
         manifest = _write_packed(source, tmp, report, verify, shard_bytes, steps, progress or (lambda n: None))
         manifest.save(tmp)
-        report.packed_bytes = sum(f.stat().st_size for f in tmp.iterdir() if f.suffix in (".safetensors", ".json")
-                                  and f.name in set(manifest.shards) | {"unweight.json"})
-        _replace(tmp, dst)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise DestinationError(f"{dst}: cannot write the packed checkpoint ({e.strerror or e})") from e
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        report.packed_bytes = sum((tmp / name).stat().st_size for name in [*manifest.shards, MANIFEST_NAME])
     return report
 
 
-def _open_permissions(path: Path) -> None:
-    """mkdtemp makes 0700 directories; the result should get the usual umask-based mode."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o777 & ~umask)
 
 
-def _existing_parent(dst: Path) -> Path:
-    try:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DestinationError(f"{dst.parent}: cannot create the output directory ({e.strerror or e})") from e
-    if not os.access(dst.parent, os.W_OK):
-        raise DestinationError(f"{dst.parent}: directory is not writable")
-    return dst.parent
 
 
 def _check_destination(source: SourceCheckpoint, dst: Path, force: bool) -> None:
     root = source.root.resolve()
-    if dst.resolve() == root or root in dst.resolve().parents:
+    if not source.single_file and (dst.resolve() == root or root in dst.resolve().parents):
         raise DestinationError(f"{dst}: the output may not be inside the source checkpoint {root}")
-    _check_destination_empty(dst, force)
 
 
-def _check_destination_empty(dst: Path, force: bool) -> None:
-    if dst.exists() and not dst.is_dir():
-        raise DestinationError(f"{dst}: exists and is not a directory")
-    if dst.is_dir() and any(dst.iterdir()) and not force:
-        raise DestinationError(f"{dst}: exists and is not empty (pass --force to replace it)")
 
 
-def _replace(tmp: Path, dst: Path) -> None:
-    """Move the finished directory into place; an older DST is removed only after that succeeds."""
-    old = None
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        dst.rename(old)
-    tmp.rename(dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_packed(source: SourceCheckpoint, out: Path, report: CompressReport, verify: bool,

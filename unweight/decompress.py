@@ -5,14 +5,13 @@ from __future__ import annotations
 import hashlib
 import shutil
 import struct
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from .compress import _check_destination_empty, _existing_parent, _open_permissions, _replace
-from .errors import CorruptDataError, DestinationError
+from .errors import CorruptDataError
+from .format.output_dir import atomic_directory
 from .reader import PackedReader
 
 
@@ -21,22 +20,12 @@ def decompress(packed: str | Path, out: str | Path, *, force: bool = False, back
     """Write every source file back under OUT; returns the weight files written."""
     reader = PackedReader(Path(packed))
     out = Path(out).expanduser().absolute()
-    _check_destination_empty(out, force)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=_existing_parent(out)))
-    _open_permissions(tmp)
-    try:
+    with atomic_directory(out, force) as tmp:
         written = [_rebuild_file(reader, f, tmp, backend, progress or (lambda n: None))
                    for f in reader.manifest.files]
         for rel in reader.manifest.copied:
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(reader.root / rel, tmp / rel)
-        _replace(tmp, out)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise DestinationError(f"{out}: cannot write the checkpoint ({e.strerror or e})") from e
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return [out / p.relative_to(tmp) for p in written]
 
 

@@ -80,8 +80,9 @@ class PackedTensor:
         if backend == "triton" and self.encoding == "lanes":
             self._decode_triton(out, start, stream)
         else:
-            host = tensor_from_bytes(self._decode_cpu(start, stop), self.dtype, (stop - start,))
-            out.view(-1).copy_(host)
+            # copy bytes, not values: a value copy would normalize e.g. bool bytes and hide corruption
+            host = torch.from_numpy(np.require(self._decode_cpu(start, stop), requirements="W"))
+            out.view(-1).view(torch.uint8).copy_(host)
         return out
 
     def _element_range(self, rows) -> tuple[int, int]:

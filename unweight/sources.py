@@ -22,6 +22,7 @@ class SourceCheckpoint:
     weight_files: list[str]    # .safetensors files, relative to root
     other_files: list[str]     # copied verbatim
     skipped: list[str]         # pickle weights ignored because safetensors exist beside them
+    single_file: bool = False  # SRC named one .safetensors file, not a directory
 
 
 def resolve_source(src: str | Path) -> SourceCheckpoint:
@@ -33,7 +34,7 @@ def resolve_source(src: str | Path) -> SourceCheckpoint:
         if path.suffix != ".safetensors":
             hint = CONVERT_HINT if path.suffix in PICKLE_SUFFIXES else "give a .safetensors file or a checkpoint directory"
             raise SourceError(f"{path}: not a .safetensors file; {hint}")
-        return SourceCheckpoint(path.parent, [path.name], [], [])
+        return SourceCheckpoint(path.parent, [path.name], [], [], single_file=True)
     if REPO_ID.match(str(src)) and not str(src).startswith((".", "~")):
         return _from_directory(_download(str(src)))
     raise SourceError(f"{src}: no such file or directory (and not a hub repo id like 'org/name')")

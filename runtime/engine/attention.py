@@ -64,8 +64,8 @@ def paged_attention_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
     start = 0
     for i, (query_len, seq_len) in enumerate(zip(batch.query_lens_cpu, batch.seq_lens_cpu)):
         blocks = batch.block_tables[i, : -(-seq_len // block_size)]
-        k = k_cache[blocks].flatten(0, 1)[:seq_len]  # [S, KVH, D]
-        v = v_cache[blocks].flatten(0, 1)[:seq_len]  # [S, KVH, D]
+        k = k_cache.index_select(0, blocks).flatten(0, 1)[:seq_len]  # [S, KVH, D]
+        v = v_cache.index_select(0, blocks).flatten(0, 1)[:seq_len]  # [S, KVH, D]
         out[start:start + query_len] = _attend(q[start:start + query_len], k, v, scale)
         start += query_len
     return out

@@ -22,7 +22,7 @@ class KVCache:
         self.block_size = block_size
         num_kv_heads = config.num_key_value_heads // tp_size
         # [2 (K, V), layers, blocks, block_size, KVH, D]
-        self.data = torch.zeros(2, config.num_hidden_layers, num_blocks, block_size, num_kv_heads,
+        self.data = torch.empty(2, config.num_hidden_layers, num_blocks, block_size, num_kv_heads,
                                 config.head_dim, dtype=dtype, device=device)
 
     @property

@@ -69,8 +69,9 @@ class RotaryEmbedding(nn.Module):
         self.rope = rope
         self.register_buffer("inv_freq", torch.empty(head_dim // 2), persistent=False)
 
-    def reset_parameters(self) -> None:
-        self.inv_freq.copy_(rope_inv_freq(self.head_dim, self.rope))
+    def reset_parameters(self, device: torch.device) -> None:
+        # float32 whatever the model dtype, as in the reference implementation
+        self.inv_freq = rope_inv_freq(self.head_dim, self.rope).to(device)
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = positions[:, None].float() * self.inv_freq[None, :]  # [T, D/2]
@@ -148,6 +149,17 @@ class RowParallelLinear(nn.Module):
         if self.tp_size > 1:
             torch.distributed.all_reduce(y)
         return y if self.bias is None else y + self.bias
+
+
+class Embedding(nn.Module):
+    """Token embedding [vocab, hidden]; the vocabulary is not sharded across ranks yet."""
+
+    def __init__(self, vocab_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(vocab_size, hidden_size))
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(input_ids, self.weight)
 
 
 # ---------------------------------------------------------------------------- blocks

@@ -11,7 +11,7 @@ from torch import nn
 
 from infire.engine.attention import AttentionBatch
 from infire.model.config import ModelConfig
-from infire.model.layers import MLP, Attention, ColumnParallelLinear, RMSNorm, RotaryEmbedding
+from infire.model.layers import MLP, Attention, ColumnParallelLinear, Embedding, RMSNorm, RotaryEmbedding
 
 # checkpoint module name -> (stacked module name, shard index)
 STACKED_PARAMS = {
@@ -53,8 +53,7 @@ class LlamaModel(nn.Module):
 
     def __init__(self, config: ModelConfig, tp_size: int = 1, tp_rank: int = 0) -> None:
         super().__init__()
-        # The vocabulary is not sharded yet: every rank keeps the full embedding.
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(
             DecoderLayer(config, i, tp_size, tp_rank) for i in range(config.num_hidden_layers)
         )
@@ -84,9 +83,9 @@ class LlamaForCausalLM(nn.Module):
         if self.config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
-    def reset_buffers(self) -> None:
+    def reset_buffers(self, device: torch.device) -> None:
         """Fill the buffers that are computed, not loaded (after `to_empty`)."""
-        self.model.rotary_emb.reset_parameters()
+        self.model.rotary_emb.reset_parameters(device)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: AttentionBatch) -> torch.Tensor:
         return self.model(input_ids, positions, batch)  # [T, hidden]

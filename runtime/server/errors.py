@@ -8,6 +8,7 @@ from http import HTTPStatus
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from infire.errors import EngineDeadError, InfireError, InvalidRequestError
@@ -54,18 +55,33 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _on_unexpected_error)
 
 
+class InvalidBodyError(InvalidRequestError):
+    """The body is not JSON, or a field is missing or of the wrong type."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+    @classmethod
+    def from_validation(cls, exc: RequestValidationError | ValidationError) -> "InvalidBodyError":
+        """The first problem pydantic found, named by its parameter path."""
+        errors = exc.errors()
+        if not errors:
+            return cls("the request body is invalid")
+        error = errors[0]
+        loc = [str(part) for part in error.get("loc", ()) if part != "body"]
+        if error.get("type") == "json_invalid":
+            return cls(f"the request body is not valid JSON: {error.get('ctx', {}).get('error', error['msg'])}")
+        if not loc:
+            return cls(f"the request body is invalid: {error['msg']}")
+        if error.get("type") == "missing":
+            return cls(f"'{'.'.join(loc)}' is required", loc[0])
+        return cls(f"invalid value for '{'.'.join(loc)}': {error['msg']}", loc[0])
+
+
 async def _on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     """FastAPI answers 422; OpenAI answers 400 with the offending parameter."""
-    error = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request", "type": ""}
-    loc = [str(part) for part in error.get("loc", ()) if part != "body"]
-    if error.get("type") == "json_invalid":
-        message, param = f"the request body is not valid JSON: {error.get('ctx', {}).get('error', error['msg'])}", None
-    elif not loc:
-        message, param = f"the request body is invalid: {error['msg']}", None
-    else:
-        param = loc[0]
-        message = f"invalid value for '{'.'.join(loc)}': {error['msg']}"
-    return error_response(400, message, "invalid_request_error", param)
+    return await _on_infire_error(request, InvalidBodyError.from_validation(exc))
 
 
 async def _on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -6,6 +6,7 @@ import logging
 import sys
 
 from unweight import demo
+from unweight.errors import UnweightError
 
 
 def main() -> int:
@@ -16,7 +17,7 @@ def main() -> int:
             "minilm-float32": demo.minilm_dir("float32"),
             "minilm-bfloat16": demo.minilm_dir("bfloat16"),
         }
-    except demo.DemoDependencyError as error:
+    except UnweightError as error:  # known failures: one line, no traceback
         print(f"error: {error}", file=sys.stderr)
         return 1
     for name, path in paths.items():

