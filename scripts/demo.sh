@@ -5,7 +5,7 @@
 source "$(dirname "$0")/env.sh" demo
 cd "$ROOT"
 CACHE="${UNWEIGHT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/unweight}"
-SRC="$(python -m unweight.demo --print smollm2)"
+SRC="$(python -m unweight.demo | awk -F'\t' '$1 == "smollm2" {print $2}')"
 PACKED="$CACHE/demo/smollm2-135m-instruct.uw"
 PORT="${INFIRE_PORT:-8765}"
 

@@ -17,7 +17,7 @@ from .codec import floats
 from .codec.tensor import DEFAULT_STEPS, EncodedTensor, encode_float, encode_other
 from .errors import DestinationError
 from .format.output_dir import atomic_directory
-from .format.manifest import MANIFEST_NAME, Manifest, SourceFile, TensorRecord
+from .format.manifest import MANIFEST_NAME, SHARD_ROLES, Manifest, SourceFile, TensorRecord
 from .format.safetensors_file import SafetensorsHeader, TensorEntry, read_header, read_range, write_file
 from .sources import SourceCheckpoint, resolve_source
 
@@ -101,8 +101,8 @@ def _write_packed(source: SourceCheckpoint, out: Path, report: CompressReport, v
         report.original_bytes += header.file_size
         for entry in header.entries.values():
             encoded = _encode_entry(header, entry, steps, verify, progress)
-            shard = shards.add(entry.name, encoded.streams)
-            manifest.tensors[entry.name] = _record(rel, entry, encoded, shard)
+            shard, spans = shards.add(encoded.streams)
+            manifest.tensors[entry.name] = _record(entry, encoded, shard, spans)
             report.tensors.append(_stats(entry, encoded))
     manifest.shards = shards.close()
     for rel in source.other_files:
@@ -113,10 +113,8 @@ def _write_packed(source: SourceCheckpoint, out: Path, report: CompressReport, v
 
 
 def _source_file(rel: str, header: SafetensorsHeader) -> SourceFile:
-    import base64
-
     return SourceFile(rel, header.file_size, _file_sha256(header.path),
-                      base64.b64encode(header.header_bytes).decode(), list(header.entries))
+                      SourceFile.pack_header(header.header_bytes), list(header.entries))
 
 
 def _file_sha256(path: Path) -> str:
@@ -138,14 +136,19 @@ def _encode_entry(header: SafetensorsHeader, entry: TensorEntry, steps: int, ver
     return encode_other(data)
 
 
-def _record(rel: str, entry: TensorEntry, encoded: EncodedTensor, shard: str) -> TensorRecord:
+def _record(entry: TensorEntry, encoded: EncodedTensor, shard: str, spans: dict[str, list[int]]) -> TensorRecord:
     return TensorRecord(
-        name=entry.name, file=rel, dtype=entry.dtype, shape=list(entry.shape), sha256=encoded.sha256,
-        encoding=encoded.encoding, shard=shard,
-        streams={role: f"{entry.name}/{role}" for role in encoded.streams},
-        original_bytes=entry.nbytes, packed_bytes=encoded.packed_bytes, steps=encoded.steps,
-        code_lengths=encoded.code_lengths.tobytes().hex() if encoded.code_lengths is not None else "",
-        entropy_bits=encoded.entropy_bits)
+        name=entry.name, dtype=entry.dtype, shape=list(entry.shape), sha256=encoded.sha256,
+        encoding=encoded.encoding, shard=shard, spans=spans, steps=encoded.steps,
+        entropy_bits=round(encoded.entropy_bits, 6), **_trimmed_lengths(encoded.code_lengths))
+
+
+def _trimmed_lengths(lengths: np.ndarray | None) -> dict:
+    """Code lengths without the runs of unused symbols at both ends (most exponents never occur)."""
+    used = np.flatnonzero(lengths) if lengths is not None else np.zeros(0, dtype=np.int64)
+    if used.size == 0:
+        return {"code_lengths": "", "first_symbol": 0}
+    return {"code_lengths": lengths[used[0] : used[-1] + 1].tobytes().hex(), "first_symbol": int(used[0])}
 
 
 def _stats(entry: TensorEntry, encoded: EncodedTensor) -> TensorStats:
@@ -159,24 +162,29 @@ def _stats(entry: TensorEntry, encoded: EncodedTensor) -> TensorStats:
 
 
 class _ShardWriter:
-    """Collects streams and writes a shard whenever the next tensor would overflow it."""
+    """Appends each tensor's streams to the current shard (one U8 tensor per role); a shard is
+    written when the next tensor would overflow it."""
 
     def __init__(self, out: Path, shard_bytes: int):
         self.out, self.shard_bytes = out, shard_bytes
-        self.pending: list[tuple[str, np.ndarray]] = []
-        self.pending_bytes = 0
+        self.pending: dict[str, list[np.ndarray]] = {role: [] for role in SHARD_ROLES}
+        self.sizes = dict.fromkeys(SHARD_ROLES, 0)
         self.names: list[str] = []
 
-    def add(self, name: str, streams: dict[str, np.ndarray]) -> str:
+    def add(self, streams: dict[str, np.ndarray]) -> tuple[str, dict[str, list[int]]]:
+        """Queue a tensor's streams; returns its shard name and its spans in that shard."""
         size = sum(a.size for a in streams.values())
-        if self.pending and self.pending_bytes + size > self.shard_bytes:
+        if any(self.sizes.values()) and sum(self.sizes.values()) + size > self.shard_bytes:
             self._flush()
-        self.pending += [(f"{name}/{role}", a) for role, a in streams.items()]
-        self.pending_bytes += size
-        return self._name(len(self.names))
+        spans = {}
+        for role, array in streams.items():
+            spans[role] = [self.sizes[role], self.sizes[role] + array.size]
+            self.pending[role].append(array)
+            self.sizes[role] += array.size
+        return self._name(len(self.names)), spans
 
     def close(self) -> list[str]:
-        if self.pending or not self.names:
+        if any(self.sizes.values()) or not self.names:
             self._flush()
         return self.names
 
@@ -185,6 +193,9 @@ class _ShardWriter:
 
     def _flush(self) -> None:
         name = self._name(len(self.names))
-        write_file(self.out / name, self.pending)
+        arrays = [(role, np.concatenate(parts) if parts else np.zeros(0, np.uint8))
+                  for role, parts in self.pending.items()]
+        write_file(self.out / name, arrays)
         self.names.append(name)
-        self.pending, self.pending_bytes = [], 0
+        self.pending = {role: [] for role in SHARD_ROLES}
+        self.sizes = dict.fromkeys(SHARD_ROLES, 0)

@@ -31,9 +31,14 @@ class PackedReader:
         self.root = Path(root)
         self.manifest: Manifest = load_manifest(self.root)
         self._headers: dict[str, SafetensorsHeader] = {}
+        self._files = {t: f.name for f in self.manifest.files for t in f.tensors}
 
     def keys(self) -> list[str]:
         return list(self.manifest.tensors)
+
+    def source_file(self, name: str) -> str:
+        """The original file a tensor came from."""
+        return self._files.get(name, "?")
 
     def record(self, name: str) -> TensorRecord:
         try:
@@ -44,15 +49,16 @@ class PackedReader:
     def get_packed(self, name: str) -> PackedTensor:
         rec = self.record(name)
         header = self._shard(rec.shard)
+        where = f"{header.path}: tensor {name!r}"
         streams = {}
-        for role, stream_name in rec.streams.items():
-            entry = header.entries.get(stream_name)
-            if entry is None or entry.dtype != "U8":
-                raise CorruptDataError(f"{header.path}: stream {stream_name!r} of tensor {name!r} is missing")
-            streams[role] = torch.from_numpy(read_range(header, entry))
-        lengths = np.frombuffer(bytes.fromhex(rec.code_lengths), dtype=np.uint8) if rec.encoding == "lanes" else None
+        for role, (begin, end) in rec.spans.items():
+            entry = header.entries.get(role)
+            if entry is None or entry.dtype != "U8" or end > entry.nbytes:
+                raise CorruptDataError(f"{where}: its {role} stream [{begin}, {end}) is missing from the shard")
+            streams[role] = torch.from_numpy(read_range(header, entry, begin, end))
+        lengths = _code_lengths(rec, where) if rec.encoding == "lanes" else None
         packed = PackedTensor(name, rec.dtype, tuple(rec.shape), rec.encoding, streams, rec.steps, lengths)
-        _check_streams(packed, f"{header.path}: tensor {name!r}")
+        _check_streams(packed, where)
         return packed
 
     def get_tensor(self, name: str, device="cpu", backend: str | None = None) -> torch.Tensor:
@@ -131,6 +137,19 @@ def load(path: str | Path, device="cpu", backend: str | None = None) -> dict[str
     """Every tensor of a checkpoint, decoded, on `device`."""
     with open(path) as f:
         return {name: f.get_tensor(name, device=device, backend=backend) for name in f.names_by_shard()}
+
+
+def _code_lengths(rec: TensorRecord, where: str) -> np.ndarray:
+    """The 256 code lengths from their trimmed hex form in the manifest."""
+    try:
+        trimmed = np.frombuffer(bytes.fromhex(rec.code_lengths), dtype=np.uint8)
+    except ValueError as e:
+        raise CorruptDataError(f"{where}: code lengths are not hex ({e})") from e
+    if not 0 <= rec.first_symbol <= huffman.NUM_SYMBOLS - trimmed.size:
+        raise CorruptDataError(f"{where}: code lengths do not fit 256 symbols")
+    lengths = np.zeros(huffman.NUM_SYMBOLS, dtype=np.uint8)
+    lengths[rec.first_symbol : rec.first_symbol + trimmed.size] = trimmed
+    return lengths
 
 
 def _check_streams(p: PackedTensor, where: str) -> None:

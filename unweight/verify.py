@@ -30,18 +30,19 @@ def verify(packed: str | Path, against: str | Path | None = None, *, device: str
         _compare_names(reader, source, report)
     for name in reader.names_by_shard():
         rec = reader.record(name)
+        source_file = reader.source_file(name)
         try:
             tensor = reader.get_tensor(name, device=device, backend=backend).cpu()
         except UnweightError as e:
-            report.mismatches.append(f"{name} ({rec.file}): {e}")
+            report.mismatches.append(f"{name} ({source_file}): {e}")
             continue
         data = tensor.contiguous().view(torch.uint8).numpy()
         if hashlib.sha256(data).hexdigest() != rec.sha256:
-            report.mismatches.append(f"{name} ({rec.file}): decoded bytes do not match the recorded SHA-256")
+            report.mismatches.append(f"{name} ({source_file}): decoded bytes do not match the recorded SHA-256")
         elif source is not None and name in source.keys():
             original = source.get_tensor(name).contiguous().view(torch.uint8).numpy()
             if original.tobytes() != data.tobytes():
-                report.mismatches.append(f"{name} ({rec.file}): differs from the source tensor")
+                report.mismatches.append(f"{name} ({source_file}): differs from the source tensor")
         report.checked += 1
         if progress:
             progress(rec.original_bytes)

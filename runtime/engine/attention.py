@@ -59,6 +59,8 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: 
 def paged_attention_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                           batch: AttentionBatch, scale: float) -> torch.Tensor:
     """Reference path: gather each sequence's K/V from its blocks and run SDPA."""
+    if batch.max_query_len == 1:
+        return _decode_torch(q, k_cache, v_cache, batch, scale)
     out = torch.empty_like(q)
     block_size = k_cache.shape[1]
     start = 0
@@ -86,3 +88,20 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> 
         mask = torch.arange(seq_len, device=q.device)[None, :] <= query_pos[:, None]  # [Q, S]
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)  # [H, Q, D]
     return out.transpose(0, 1)
+
+
+def _decode_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                  batch: AttentionBatch, scale: float) -> torch.Tensor:
+    """One query per sequence: a single SDPA call over the batch, keys padded to the longest."""
+    num_seqs, num_heads, head_dim = q.shape
+    _, block_size, num_kv_heads, _ = k_cache.shape
+    num_blocks = -(-max(batch.seq_lens_cpu) // block_size)
+    tables = batch.block_tables[:, :num_blocks].flatten()  # padding entries point at block 0, masked below
+    k = k_cache.index_select(0, tables).view(num_seqs, num_blocks * block_size, num_kv_heads, head_dim)
+    v = v_cache.index_select(0, tables).view(num_seqs, num_blocks * block_size, num_kv_heads, head_dim)
+    group = num_heads // num_kv_heads
+    k = k.transpose(1, 2).repeat_interleave(group, dim=1)  # [B, H, S, D]
+    v = v.transpose(1, 2).repeat_interleave(group, dim=1)  # [B, H, S, D]
+    visible = torch.arange(k.shape[2], device=q.device)[None, :] < batch.seq_lens[:, None]  # [B, S]
+    out = F.scaled_dot_product_attention(q[:, :, None, :], k, v, attn_mask=visible[:, None, None, :], scale=scale)
+    return out[:, :, 0, :]  # [B, H, D]

@@ -10,6 +10,7 @@ import torch
 from infire.errors import ConfigError
 
 WEIGHTS = ("dense", "compressed")
+LOAD_FORMATS = ("auto", "dummy")
 DEVICES = ("cpu", "cuda", "auto")
 DTYPES = ("auto", "checkpoint", "float32", "bfloat16", "float16")
 ATTENTION_BACKENDS = ("auto", "torch", "triton")
@@ -42,6 +43,7 @@ class EngineConfig:
     max_model_len: int | None = None
     attention_backend: str = "auto"
     seed: int = 0  # seeds the generator shared by requests without their own seed
+    load_format: str = "auto"  # "dummy": random weights, only config.json is read (benchmarks)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
@@ -50,11 +52,21 @@ class EngineConfig:
         _check_choice("device", self.device, DEVICES)
         _check_choice("dtype", self.dtype, DTYPES)
         _check_choice("attention_backend", self.attention_backend, ATTENTION_BACKENDS)
+        _check_choice("load_format", self.load_format, LOAD_FORMATS)
+        if self.load_format == "dummy" and self.weights == "compressed":
+            raise ConfigError(
+                "load_format='dummy' needs weights='dense'; compressed weights come from a packed checkpoint"
+            )
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "kv_cache_bytes"):
             _check_positive_int(name, getattr(self, name))
         for name in ("num_kv_blocks", "max_model_len"):
             if getattr(self, name) is not None:
                 _check_positive_int(name, getattr(self, name))
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            raise ConfigError(
+                f"max_num_batched_tokens={self.max_num_batched_tokens} is invalid; allowed: >= "
+                f"max_num_seqs={self.max_num_seqs}, so that every running sequence can decode in a step"
+            )
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ConfigError(
                 f"gpu_memory_utilization={self.gpu_memory_utilization!r} is invalid; allowed: 0 < value <= 1"

@@ -21,8 +21,9 @@ class KVCache:
         self.num_blocks = num_blocks
         self.block_size = block_size
         num_kv_heads = config.num_key_value_heads // tp_size
-        # [2 (K, V), layers, blocks, block_size, KVH, D]
-        self.data = torch.empty(2, config.num_hidden_layers, num_blocks, block_size, num_kv_heads,
+        # [2 (K, V), layers, blocks, block_size, KVH, D]; zeroed because padded attention
+        # reads unwritten slots with weight 0, and 0 * NaN from garbage would be NaN
+        self.data = torch.zeros(2, config.num_hidden_layers, num_blocks, block_size, num_kv_heads,
                                 config.head_dim, dtype=dtype, device=device)
 
     @property

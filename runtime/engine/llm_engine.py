@@ -17,7 +17,7 @@ from infire.engine.outputs import EngineStats, RequestOutput
 from infire.engine.sampling_params import SamplingParams
 from infire.engine.scheduler import ScheduledSequence, Scheduler
 from infire.engine.sequence import Sequence
-from infire.errors import ConfigError, InfireError, InvalidRequestError
+from infire.errors import ConfigError, EngineDeadError, InfireError, InvalidRequestError
 from infire.model.config import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,9 @@ class LLMEngine:
                                    self.model_config.max_model_len, self.model_config.eos_token_ids)
         self._request_ids: set[str] = set()
         self._aborted: list[RequestOutput] = []
+        self._dead: BaseException | None = None
+        log.info("engine ready: %s weights on %s (%s), %d KV blocks, max_model_len %d", config.weights,
+                 self.runner.device, self.runner.dtype, self.runner.num_kv_blocks, self.model_config.max_model_len)
 
     def _max_model_len(self, model_config: ModelConfig) -> int:
         capacity = self.runner.num_kv_blocks * self.config.block_size
@@ -52,6 +55,8 @@ class LLMEngine:
     # ------------------------------------------------------------------ requests
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        if self._dead is not None:
+            raise EngineDeadError(f"the engine stopped after an error in a step: {self._dead!r}")
         self._check_request(request_id, prompt_token_ids, params)
         generator = self.runner.sampler.new_generator(params.seed) if params.seed is not None else None
         self.scheduler.add(Sequence(request_id, prompt_token_ids, params, generator))
@@ -60,6 +65,8 @@ class LLMEngine:
     def _check_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
         if not isinstance(params, SamplingParams):
             raise InvalidRequestError(f"params must be SamplingParams, got {type(params).__name__}")
+        if not isinstance(request_id, str):
+            raise InvalidRequestError(f"request_id must be a str, got {type(request_id).__name__}")
         if request_id in self._request_ids:
             raise InvalidRequestError(f"request_id {request_id!r} is already in use")
         if not prompt_token_ids:
@@ -73,7 +80,9 @@ class LLMEngine:
         vocab = self.model_config.vocab_size
         bad = next((t for t in prompt_token_ids if not isinstance(t, int) or not 0 <= t < vocab), None)
         if bad is not None:
-            raise InvalidRequestError(f"request {request_id!r}: token id {bad!r} is outside the vocabulary [0, {vocab})")
+            raise InvalidRequestError(
+                f"request {request_id!r}: token id {bad!r} is outside the vocabulary [0, {vocab})"
+            )
 
     def abort_request(self, request_id: str) -> None:
         seq = self.scheduler.abort(request_id)
@@ -88,11 +97,22 @@ class LLMEngine:
     # ------------------------------------------------------------------ steps
 
     def step(self) -> list[RequestOutput]:
-        """Run one scheduler iteration; aborted requests report once, in the next step."""
+        """Run one scheduler iteration; aborted requests report once, in the next step.
+
+        If the model fails mid-step (e.g. out of device memory) the scheduler state no
+        longer matches the KV cache: the engine is dead and every later step raises
+        EngineDeadError.
+        """
+        if self._dead is not None:
+            raise EngineDeadError(f"the engine stopped after an error in a step: {self._dead!r}")
         outputs, self._aborted = self._aborted, []
         scheduled = self.scheduler.schedule()
         if scheduled:
-            sampled = self.runner.run(scheduled)
+            try:
+                sampled = self.runner.run(scheduled)
+            except Exception as exc:
+                self._dead = exc
+                raise EngineDeadError(f"a model step failed, the engine cannot continue: {exc!r}") from exc
             outputs += self.scheduler.update(scheduled, sampled)
         for out in outputs:
             if out.finished:

@@ -19,7 +19,7 @@ from infire.engine.sampler import Sampler
 from infire.engine.scheduler import ScheduledSequence
 from infire.errors import ConfigError
 from infire.model.config import ModelConfig
-from infire.model.loader import load_model
+from infire.model.loader import load_model, random_model
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,10 @@ class ModelRunner:
         self.attention_backend = config.resolved_attention_backend()
         self.tp_size = tp_size
         dtype = config.torch_dtype(model_config.torch_dtype)
-        self.loaded = load_model(model_config, config.model, self.device, dtype, config.weights, tp_size, tp_rank)
+        if config.load_format == "dummy":
+            self.loaded = random_model(model_config, self.device, dtype, config.seed, tp_size, tp_rank)
+        else:
+            self.loaded = load_model(model_config, config.model, self.device, dtype, config.weights, tp_size, tp_rank)
         self.model = self.loaded.model
         self.dtype = dtype
         self.sampler = Sampler(self.device, config.seed)

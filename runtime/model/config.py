@@ -24,15 +24,16 @@ class ArchitectureSpec:
     """What distinguishes one member of the Llama family from another."""
 
     qkv_bias: bool | None  # None: read `attention_bias` from config.json
+    o_bias: bool | None  # likewise, for the output projection
     qk_norm: bool
     honours_sliding_window: bool  # Qwen2/3 only use it with `use_sliding_window`
 
 
 ARCHITECTURES: dict[str, ArchitectureSpec] = {
-    "LlamaForCausalLM": ArchitectureSpec(qkv_bias=None, qk_norm=False, honours_sliding_window=True),
-    "MistralForCausalLM": ArchitectureSpec(qkv_bias=False, qk_norm=False, honours_sliding_window=True),
-    "Qwen2ForCausalLM": ArchitectureSpec(qkv_bias=True, qk_norm=False, honours_sliding_window=False),
-    "Qwen3ForCausalLM": ArchitectureSpec(qkv_bias=None, qk_norm=True, honours_sliding_window=False),
+    "LlamaForCausalLM": ArchitectureSpec(qkv_bias=None, o_bias=None, qk_norm=False, honours_sliding_window=True),
+    "MistralForCausalLM": ArchitectureSpec(qkv_bias=False, o_bias=False, qk_norm=False, honours_sliding_window=True),
+    "Qwen2ForCausalLM": ArchitectureSpec(qkv_bias=True, o_bias=False, qk_norm=False, honours_sliding_window=False),
+    "Qwen3ForCausalLM": ArchitectureSpec(qkv_bias=None, o_bias=None, qk_norm=True, honours_sliding_window=False),
 }
 
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
@@ -83,6 +84,7 @@ class ModelConfig:
     max_model_len: int  # the longest sequence served; <= max_position_embeddings
     tie_word_embeddings: bool
     qkv_bias: bool
+    o_bias: bool
     qk_norm: bool
     torch_dtype: torch.dtype
     eos_token_ids: tuple[int, ...] = ()
@@ -145,6 +147,7 @@ def parse_model_config(raw: dict[str, Any], generation: dict[str, Any], source: 
         max_model_len=_exact_max_len(raw, spec, rope, max_pos),
         tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
         qkv_bias=bool(raw.get("attention_bias", False)) if spec.qkv_bias is None else spec.qkv_bias,
+        o_bias=bool(raw.get("attention_bias", False)) if spec.o_bias is None else spec.o_bias,
         qk_norm=spec.qk_norm,
         torch_dtype=_torch_dtype(raw, source),
         eos_token_ids=_eos_ids(raw, generation),

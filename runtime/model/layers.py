@@ -196,7 +196,7 @@ class Attention(nn.Module):
         self.qkv_proj = ColumnParallelLinear(
             config.hidden_size, [q_size, kv_size, kv_size], config.qkv_bias, tp_size, tp_rank
         )
-        self.o_proj = RowParallelLinear(q_size, config.hidden_size, False, tp_size, tp_rank)
+        self.o_proj = RowParallelLinear(q_size, config.hidden_size, config.o_bias, tp_size, tp_rank)
         self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
         self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
         # [num_blocks, block_size, num_kv_heads, head_dim], bound by the model runner

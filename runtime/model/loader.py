@@ -63,6 +63,22 @@ def load_model(config: ModelConfig, path: str, device: torch.device, dtype: torc
     return LoadedModel(model, dtype, streamer)
 
 
+def random_model(config: ModelConfig, device: torch.device, dtype: torch.dtype, seed: int = 0,
+                 tp_size: int = 1, tp_rank: int = 0) -> LoadedModel:
+    """A model of `config` with random weights made on the device (for benchmarks): norms
+    near 1, everything else normal with std 0.02, so that no kernel runs on zeros."""
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config, tp_size, tp_rank).to(dtype)
+    model.to_empty(device=device)
+    model.tie_weights()
+    model.reset_buffers(device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    for name, param in model.named_parameters():
+        param.data.normal_(1.0 if "norm" in name else 0.0, 0.02, generator=generator)
+    model.eval().requires_grad_(False)
+    return LoadedModel(model, dtype, None)
+
+
 def checkpoint_names(model: LlamaForCausalLM) -> set[str]:
     """Names of the checkpoint tensors that fill the model's parameters."""
     stacked = {}
@@ -105,7 +121,8 @@ def _load_tensors(model: LlamaForCausalLM, f, path: str, dtype: torch.dtype,
             target, shard = _target(name)
             if target not in params:
                 raise ModelLoadError(f"{path}: tensor {name!r} has no place in {model.config.architecture}")
-            _copy_into(model, params[target], target, shard, f.get_tensor(name, device="cpu"), name, path, dtype)
+            param = params[target]
+            _copy_into(model, param, target, shard, f.get_tensor(name, device=param.device), name, path, dtype)
         loaded.add(name)
     return loaded
 

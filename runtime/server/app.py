@@ -23,8 +23,6 @@ from infire.server.sampling import to_sampling_params
 logger = logging.getLogger(__name__)
 BodyModel = TypeVar("BodyModel", bound=BaseModel)
 
-# How often a non-streaming request checks whether its client is still there.
-DISCONNECT_POLL_S = 0.5
 # nginx's status for "client closed the request"; nobody reads it, it only shows in logs.
 CLIENT_CLOSED_REQUEST = 499
 
@@ -194,14 +192,13 @@ async def collect(stream: RequestStream, request: Request, frontend: Frontend) -
     """All text of a non-streaming request; None (request aborted) if the client went away."""
     parts: list[str] = []
     chunks = aiter(stream)
+    disconnected = asyncio.ensure_future(_wait_for_disconnect(request))
     pending = asyncio.ensure_future(anext(chunks))
     try:
         while True:
-            done, _ = await asyncio.wait({pending}, timeout=DISCONNECT_POLL_S)
-            if not done:
-                if await request.is_disconnected():
-                    return None
-                continue
+            await asyncio.wait({pending, disconnected}, return_when=asyncio.FIRST_COMPLETED)
+            if not pending.done():
+                return None
             chunk = pending.result()
             parts.append(chunk.text)
             if chunk.finished:
@@ -209,4 +206,11 @@ async def collect(stream: RequestStream, request: Request, frontend: Frontend) -
             pending = asyncio.ensure_future(anext(chunks))
     finally:
         pending.cancel()
+        disconnected.cancel()
         frontend.abort(stream.request_id)
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    """The body is read already, so the next ASGI message is the client going away."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

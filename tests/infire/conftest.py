@@ -20,6 +20,7 @@ VARIANTS = {
     "llama3_rope": ("LlamaConfig", {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 32}}),
     "linear_rope": ("LlamaConfig", {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}),
+    "llama_bias": ("LlamaConfig", {"attention_bias": True}),
     "tied": ("LlamaConfig", {"tie_word_embeddings": True, "num_key_value_heads": 1}),
     "mistral": ("MistralConfig", {"sliding_window": None}),
     "qwen2": ("Qwen2Config", {}),
@@ -67,7 +68,9 @@ def llama_dir(tiny_model_dir) -> Path:
 def make_engine(model: Path, **overrides):
     from infire.engine import EngineConfig, LLMEngine
 
-    settings = dict(device="cpu", num_kv_blocks=64, block_size=4, max_num_batched_tokens=64)
+    settings = dict(device="cpu", num_kv_blocks=64, block_size=4, max_num_batched_tokens=64, max_num_seqs=8)
+    if overrides.get("max_num_batched_tokens", 64) < 8:
+        settings["max_num_seqs"] = overrides["max_num_batched_tokens"]
     return LLMEngine(EngineConfig(model=str(model), **{**settings, **overrides}))
 
 

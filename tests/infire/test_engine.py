@@ -181,6 +181,8 @@ def test_invalid_sampling_params_name_the_field(field, value):
     ({"block_size": 0}, "block_size"),
     ({"gpu_memory_utilization": 1.5}, "gpu_memory_utilization"),
     ({"dtype": "int8"}, "dtype"),
+    ({"max_num_seqs": 64, "max_num_batched_tokens": 32}, "max_num_batched_tokens"),
+    ({"load_format": "dummy", "weights": "compressed"}, "load_format"),
 ])
 def test_invalid_engine_config_names_the_field(changes, match):
     from infire.engine import EngineConfig
@@ -192,3 +194,17 @@ def test_invalid_engine_config_names_the_field(changes, match):
 def test_max_model_len_beyond_kv_capacity_is_rejected(llama_dir):
     with pytest.raises(ConfigError, match="max_model_len"):
         make_engine(llama_dir, num_kv_blocks=4, max_model_len=64)
+
+
+def test_failed_step_kills_the_engine(llama_dir):
+    from infire.errors import EngineDeadError
+
+    engine = make_engine(llama_dir)
+    engine.add_request("r", PROMPTS["a"], GREEDY)
+    engine.runner.model.model.layers[1].self_attn.k_cache = None  # a fault inside the model step
+    with pytest.raises(EngineDeadError, match="step failed"):
+        engine.step()
+    with pytest.raises(EngineDeadError):
+        engine.step()
+    with pytest.raises(EngineDeadError):
+        engine.add_request("s", PROMPTS["b"], GREEDY)

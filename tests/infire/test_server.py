@@ -169,9 +169,9 @@ def test_client_disconnect_mid_stream_frees_kv_blocks(server) -> None:
 
 def test_client_timeout_on_non_streaming_request_frees_kv_blocks(server) -> None:
     aborted_before = metric(server, "request_success_total", finish_reason="abort")
-    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 80, "ignore_eos": True}
+    body = {"model": MODEL, "prompt": [5] * 4, "max_tokens": MAX_MODEL_LEN - 4, "ignore_eos": True}
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{server.base_url}/v1/completions", json=body, timeout=httpx.Timeout(5.0, read=0.3))
+        httpx.post(f"{server.base_url}/v1/completions", json=body, timeout=httpx.Timeout(5.0, read=0.2))
     wait_idle(server)
     assert metric(server, "request_success_total", finish_reason="abort") == aborted_before + 1
 

@@ -188,12 +188,11 @@ def test_nothing_is_written_into_the_source(checkpoint, tmp_path, cli):
 
 
 def test_wrong_dtype_shard_stream_is_refused(packed, cli):
-    """A shard whose stream tensor is not U8 (or is absent) is named as corrupt."""
+    """A stream span past the end of its shard tensor is named as missing, before any read."""
     manifest = json.loads((packed / "unweight.json").read_text())
-    rec = manifest["tensors"]["model.embed_tokens.weight"]
-    rec["streams"]["words"] = "nope/words"
+    manifest["tensors"]["model.embed_tokens.weight"]["spans"]["words"][1] += 10**12
     (packed / "unweight.json").write_text(json.dumps(manifest))
-    assert_clean_error(cli("verify", packed), "nope/words", "missing")
+    assert_clean_error(cli("verify", packed), "model.embed_tokens.weight", "words stream", "missing")
 
 
 def test_source_with_both_pickle_and_safetensors_skips_pickle(checkpoint, tmp_path, cli):

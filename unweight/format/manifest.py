@@ -9,33 +9,51 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import zstandard
+
 from ..errors import FormatError
+from .safetensors_file import DTYPE_SIZES, MAX_HEADER_BYTES
 
 MANIFEST_NAME = "unweight.json"
 FORMAT_NAME = "unweight-packed"
 FORMAT_VERSION = 1
 MAX_MANIFEST_BYTES = 256 * 1024 * 1024
 ENCODINGS = ("lanes", "zstd", "raw")
+STREAM_ROLES = {"lanes": ("words", "index", "raw"), "zstd": ("data",), "raw": ("data",)}
+# a shard holds one U8 tensor per role, the streams of all its tensors concatenated
+SHARD_ROLES = ("words", "index", "raw", "data")
 
 
 @dataclass
 class TensorRecord:
-    name: str
-    file: str                       # source file it came from
+    name: str                       # the key in the manifest, not repeated in its body
     dtype: str                      # safetensors dtype name
     shape: list[int]
     sha256: str                     # of the original bytes
     encoding: str                   # one of ENCODINGS
     shard: str                      # shard file holding its streams
-    streams: dict[str, str]         # role ("words", "index", "raw", "data") -> tensor name in the shard
-    original_bytes: int
-    packed_bytes: int
+    spans: dict[str, list[int]]     # role -> [begin, end) in the shard tensor of that role
     steps: int = 0                  # lanes encoding: steps a block
-    code_lengths: str = ""          # lanes encoding: 256 code lengths, hex
+    code_lengths: str = ""          # lanes encoding: code lengths of symbols first_symbol.., hex
+    first_symbol: int = 0           # symbol whose length the code_lengths string starts with
     entropy_bits: float = 0.0       # lanes encoding: exponent-symbol entropy, bits a weight
+
+    @property
+    def original_bytes(self) -> int:
+        return math.prod(self.shape) * DTYPE_SIZES[self.dtype]
+
+    @property
+    def packed_bytes(self) -> int:
+        return sum(end - begin for begin, end in self.spans.values())
+
+    def to_json(self) -> dict:
+        body = asdict(self)
+        del body["name"]
+        return body
 
 
 @dataclass
@@ -43,12 +61,17 @@ class SourceFile:
     name: str                       # path relative to the checkpoint root
     size: int
     sha256: str
-    header_b64: str                 # exact header bytes (JSON + padding)
+    header_zstd: str                # exact header bytes (JSON + padding), zstd-compressed, base64
     tensors: list[str]              # in data order
 
     @property
     def header_bytes(self) -> bytes:
-        return base64.b64decode(self.header_b64)
+        return zstandard.ZstdDecompressor().decompress(base64.b64decode(self.header_zstd),
+                                                       max_output_size=MAX_HEADER_BYTES)
+
+    @staticmethod
+    def pack_header(header: bytes) -> str:
+        return base64.b64encode(zstandard.ZstdCompressor(level=19).compress(header)).decode()
 
 
 @dataclass
@@ -67,9 +90,9 @@ class Manifest:
             "copied": self.copied,
             "shards": self.shards,
             "files": [asdict(f) for f in self.files],
-            "tensors": {name: asdict(t) for name, t in self.tensors.items()},
+            "tensors": {name: t.to_json() for name, t in self.tensors.items()},
         }
-        return json.dumps(body, indent=1)
+        return json.dumps(body, separators=(",", ":"))
 
     def save(self, directory: Path) -> None:
         (Path(directory) / MANIFEST_NAME).write_text(self.to_json())
@@ -91,7 +114,7 @@ def load_manifest(directory: Path) -> Manifest:
     try:
         return Manifest(
             files=[SourceFile(**f) for f in body["files"] if _safe_name(f["name"])],
-            tensors={name: _tensor_record(t) for name, t in body["tensors"].items()},
+            tensors={name: _tensor_record(name, t) for name, t in body["tensors"].items()},
             copied=[_safe_name(c) for c in body["copied"]],
             shards=[_safe_name(s) for s in body["shards"]],
             created_by=str(body.get("created_by", "")),
@@ -118,11 +141,16 @@ def _safe_name(name: str) -> str:
     return name
 
 
-def _tensor_record(raw: dict) -> TensorRecord:
-    record = TensorRecord(**raw)
+def _tensor_record(name: str, raw: dict) -> TensorRecord:
+    record = TensorRecord(name=name, **raw)
     _safe_name(record.shard)
     if record.encoding not in ENCODINGS:
-        raise ValueError(f"tensor {record.name!r} has unknown encoding {record.encoding!r}")
+        raise ValueError(f"tensor {name!r} has unknown encoding {record.encoding!r}")
+    if record.dtype not in DTYPE_SIZES:
+        raise ValueError(f"tensor {name!r} has unknown dtype {record.dtype!r}")
     if any(not isinstance(d, int) or d < 0 for d in record.shape):
-        raise ValueError(f"tensor {record.name!r} has invalid shape {record.shape!r}")
+        raise ValueError(f"tensor {name!r} has invalid shape {record.shape!r}")
+    if set(record.spans) != set(STREAM_ROLES[record.encoding]) or not all(
+            isinstance(b, int) and isinstance(e, int) and 0 <= b <= e for b, e in record.spans.values()):
+        raise ValueError(f"tensor {name!r} has invalid stream spans {record.spans!r}")
     return record

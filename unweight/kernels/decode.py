@@ -45,8 +45,8 @@ MAX_CODE_LEN = tl.constexpr(_MAX_CODE_LEN)     # refill below this many buffered
 PEEK_SHIFT = tl.constexpr(32 - _MAX_CODE_LEN)  # buf >> PEEK_SHIFT = the next 12 bits
 SMALL_BITS = tl.constexpr(6)                   # TABLE_SHUFFLE: codes up to 6 bits come from registers
 SMALL_STRIDE = tl.constexpr(1 << (_MAX_CODE_LEN - 6))  # table entries per 6-bit prefix
-PREFETCH_STEPS = tl.constexpr(8)               # PREFETCH: raw bytes this many steps ahead...
-PREFETCH_WORDS = tl.constexpr(128)             # ...and lane words this many words ahead
+PREFETCH_STEPS = tl.constexpr(8)               # PREFETCH: raw bytes this many steps ahead (2 lines)...
+PREFETCH_WORDS = tl.constexpr(128)             # ...and lane words this many words ahead (~24 steps)
 
 # Word-slot prefix over the lanes of a step (which word each refilling lane takes).
 PREFIX_SCAN = 0     # tl.cumsum + tl.sum along the lane axis: portable, runs in the interpreter
@@ -63,14 +63,15 @@ class DecodeConfig:
     """Tunables of the decode kernel; benchmarks/gpu_decode.py sweeps them on the target GPU."""
 
     rows: int = 4            # blocks a program decodes at once
-    num_warps: int = 4       # warps a program; rows / num_warps blocks per thread
+    num_warps: int = 4       # warps a program; rows / num_warps blocks per thread (1 with the ballot prefix)
     prefix: int = PREFIX_BALLOT
     table: int = TABLE_GLOBAL
     prefetch: bool = True    # PTX prefetch of raw bytes and lane words ahead of use (CUDA only)
     unroll: int = 2          # steps per loop iteration
 
     def __post_init__(self):
-        checks = {"rows": self.rows >= 1 and self.rows & (self.rows - 1) == 0,
+        checks = {"rows": self.rows >= self.num_warps and self.rows & (self.rows - 1) == 0
+                  and (self.prefix != PREFIX_BALLOT or self.rows == self.num_warps),
                   "num_warps": self.num_warps in (1, 2, 4, 8, 16),
                   "prefix": self.prefix in (PREFIX_SCAN, PREFIX_BALLOT),
                   "table": self.table in (TABLE_GLOBAL, TABLE_SHUFFLE),
@@ -78,7 +79,8 @@ class DecodeConfig:
         for name, ok in checks.items():
             if not ok:
                 raise UnweightError(f"DecodeConfig.{name}={getattr(self, name)!r} is not allowed "
-                                    f"(rows: a power of two; num_warps: 1..16, a power of two; "
+                                    f"(rows: a power of two, at least num_warps, equal to it with the ballot "
+                                    f"prefix; num_warps: 1..16, a power of two; "
                                     f"prefix: {PREFIX_SCAN} or {PREFIX_BALLOT}; table: {TABLE_GLOBAL} or "
                                     f"{TABLE_SHUFFLE}; unroll: 1, 2 or 4)")
 
@@ -128,10 +130,10 @@ def _lookup(buf, table_ptr, small, TABLE: tl.constexpr):
         pair = tl.gather(small, top >> 1, axis=1)
         entry = (pair >> ((top & 1) * 16)) & 0xFFFF
         long_code = (entry >> 8) > SMALL_BITS
-        full = tl.load(table_ptr + peek, mask=long_code, other=0).to(tl.int32)
+        full = tl.load(table_ptr + peek, mask=long_code, other=0).to(tl.uint16, bitcast=True).to(tl.int32)
         entry = tl.where(long_code, full, entry)
     else:
-        entry = tl.load(table_ptr + peek).to(tl.int32)
+        entry = tl.load(table_ptr + peek).to(tl.uint16, bitcast=True).to(tl.int32)
     return entry
 
 
@@ -152,48 +154,82 @@ def _prefetch(ptr):
 
 
 @triton.jit
-def _merge(sym, raw_at, plane_stride, write, RAW_PLANES: tl.constexpr):
-    """Reassemble the original bits from the exponent symbol and the raw plane bytes."""
+def _merge(entry, raw_at, plane_stride, write, RAW_PLANES: tl.constexpr, MASKED: tl.constexpr):
+    """Reassemble the original bits from the table entry (symbol in bits 0..7) and the raw bytes."""
+    # high 16 bits of the value: sign from raw bit 7, symbol in bits 7..14, raw bits 0..6 in place;
+    # raw * 0x101 puts raw bit 7 at bit 15 while keeping bits 0..6: one bit-select merges them
+    raw = _load(raw_at, write, MASKED).to(tl.int32)
     if RAW_PLANES == 1:
-        raw = tl.load(raw_at, mask=write, other=0).to(tl.int32)
-        value = (((raw & 0x80) << 8) | (sym << 7) | (raw & 0x7F)).to(tl.int16)
+        value = (((raw * 0x101) & 0x807F) | ((entry << 7) & 0x7F80)).to(tl.int16)
     else:
-        p0 = tl.load(raw_at, mask=write, other=0).to(tl.uint32)
-        p1 = tl.load(raw_at + plane_stride, mask=write, other=0).to(tl.uint32)
-        p2 = tl.load(raw_at + 2 * plane_stride, mask=write, other=0).to(tl.uint32)
-        bits = ((p2 & 0x80) << 24) | (sym.to(tl.uint32) << 23) | ((p2 & 0x7F) << 16) | (p1 << 8) | p0
-        value = bits.to(tl.int32, bitcast=True)
+        p1 = _load(raw_at + plane_stride, write, MASKED).to(tl.int32)
+        p2 = _load(raw_at + 2 * plane_stride, write, MASKED).to(tl.int32)
+        high = ((p2 * 0x101) & 0x807F) | ((entry << 7) & 0x7F80)
+        value = (high << 16) | (p1 << 8) | raw
     return value
 
 
 @triton.jit
-def _decode_step(t, buf, nbits, wpos, word_row, word_limit, raw_row, out_row, count, lo, hi,
-                 plane_stride, table_ptr, small, RAW_PLANES: tl.constexpr, PREFIX: tl.constexpr,
-                 TABLE: tl.constexpr, PREFETCH: tl.constexpr):
-    """Step t of every row: refill the lanes that run low, decode one symbol a lane, store it."""
-    off = t * LANES + tl.arange(0, LANES)[None, :]         # [1, LANES] element offset in the block
-    active = off < count                                   # [ROWS, LANES]; false past a partial block
-    need = (active & (nbits < MAX_CODE_LEN)).to(tl.int32)
+def _load(ptr, mask, MASKED: tl.constexpr):
+    if MASKED:
+        value = tl.load(ptr, mask=mask, other=0)
+    else:
+        value = tl.load(ptr)
+    return value
+
+
+@triton.jit
+def _decode_step(buf, room, wpos, rel, raw_at, out_at, word_row, word_limit, active_end, span, plane_stride,
+                 table_ptr, small, RAW_PLANES: tl.constexpr, PREFIX: tl.constexpr, TABLE: tl.constexpr,
+                 MASKED: tl.constexpr):
+    """One step of every row: refill the lanes that run low, decode one symbol a lane, store it.
+
+    State per lane: buf (uint32, MSB-aligned bits), room = 16 - buffered bits (the shift that
+    puts the next word right after them), rel = element offset in the block minus the first
+    offset to write. Without MASKED every lane of every row is active and written.
+    """
+    need = room > WORD_BITS - MAX_CODE_LEN                 # [ROWS, LANES]: fewer than 12 bits left
+    if MASKED:
+        need = need & (rel < active_end)                   # lanes past the end of a partial block
+    need = need.to(tl.int32)
     before, total = _word_slots(need, PREFIX)
     slot = wpos + before                                   # word index inside the row's stream
     fetch = (need != 0) & (slot < word_limit)              # never read past the block's words
-    word = tl.load(word_row + slot, mask=fetch, other=0).to(tl.uint32) & 0xFFFF
-    # word is 0 where no refill happens, so the shift amount only matters for refills
-    shift = (nbits * -1 + WORD_BITS) & 31               # in 5..16 for a refilling lane
-    buf |= word << shift.to(tl.uint32)
-    nbits += need * WORD_BITS
+    word = tl.load(word_row + slot, mask=fetch, other=0).to(tl.uint16, bitcast=True).to(tl.uint32)
+    buf |= word << (room & 31).to(tl.uint32)               # word is 0 unless refilling (room 5..16)
+    room -= need * WORD_BITS
     entry = _lookup(buf, table_ptr, small, TABLE)
     length = entry >> 8
     buf <<= length.to(tl.uint32)
-    nbits -= length
+    room += length
     wpos += total
-    if PREFETCH:
-        for p in tl.static_range(RAW_PLANES):
-            _prefetch(raw_row + p * plane_stride + (t + PREFETCH_STEPS) * LANES)
-        _prefetch(word_row + wpos + PREFETCH_WORDS)
-    write = (off >= lo) & (off < hi)
-    tl.store(out_row + off, _merge(entry & 0xFF, raw_row + off, plane_stride, write, RAW_PLANES), mask=write)
-    return buf, nbits, wpos
+    write = rel.to(tl.uint32, bitcast=True) < span        # 0 <= rel < span: inside [start, stop)
+    value = _merge(entry, raw_at, plane_stride, write, RAW_PLANES, MASKED)
+    if MASKED:
+        tl.store(out_at, value, mask=write)
+    else:
+        tl.store(out_at, value)
+    return buf, room, wpos, rel + LANES, raw_at + LANES, out_at + LANES
+
+
+@triton.jit
+def _decode_loop(num_steps, rel, raw_at, out_at, word_row, word_limit, active_end, span, plane_stride, table_ptr,
+                 small, raw_row, lo, last, ROWS: tl.constexpr, RAW_PLANES: tl.constexpr, PREFIX: tl.constexpr,
+                 TABLE: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr, MASKED: tl.constexpr):
+    buf = tl.zeros([ROWS, LANES], tl.uint32)
+    room = tl.full([ROWS, LANES], WORD_BITS, tl.int32)
+    wpos = tl.zeros([ROWS, LANES], tl.int32)              # words the row has taken (same in every lane)
+    for _ in range(0, num_steps, UNROLL):
+        if PREFETCH:
+            # clamped to the block (raw) and the row's stream (words): never an address outside the tensors
+            ahead = tl.minimum(rel + lo + PREFETCH_STEPS * LANES, last)
+            for p in tl.static_range(RAW_PLANES):
+                _prefetch(raw_row + p * plane_stride + ahead)
+            _prefetch(word_row + tl.maximum(tl.minimum(wpos + PREFETCH_WORDS, word_limit - 1), 0))
+        for _u in tl.static_range(UNROLL):
+            buf, room, wpos, rel, raw_at, out_at = _decode_step(
+                buf, room, wpos, rel, raw_at, out_at, word_row, word_limit, active_end, span, plane_stride,
+                table_ptr, small, RAW_PLANES, PREFIX, TABLE, MASKED)
 
 
 @triton.jit
@@ -201,34 +237,41 @@ def _decode_rows(words_ptr, index_ptr, table_ptr, raw_ptr, out_ptr, numel_total,
                  num_blocks, steps, tile, ROWS: tl.constexpr, RAW_PLANES: tl.constexpr, PREFIX: tl.constexpr,
                  TABLE: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr):
     """Decode blocks first_block + tile * ROWS + [0, ROWS), writing elements [start, stop) to out."""
-    rel = tile * ROWS + tl.arange(0, ROWS)                 # [ROWS] block, relative to first_block
-    is_row = rel < num_blocks
-    block = (first_block + rel).to(tl.int64)
+    rows = tile * ROWS + tl.arange(0, ROWS)                # [ROWS] block, relative to first_block
+    is_row = rows < num_blocks                             # rows past the last block decode nothing
+    block = tl.where(is_row, first_block + rows, 0).to(tl.int64)
     block_size = steps * LANES
     elem0 = block * block_size                             # int64 [ROWS] first element of the block
     count = tl.where(is_row, tl.minimum(numel_total - elem0, block_size), 0)
-    lo = tl.minimum(tl.maximum(start - elem0, 0), count).to(tl.int32)[:, None]   # in-range offsets
-    hi = tl.minimum(tl.maximum(stop - elem0, 0), count).to(tl.int32)[:, None]    # [lo, hi) of the block
-    count = count.to(tl.int32)[:, None]
+    lo = tl.minimum(tl.maximum(start - elem0, 0), count)   # offsets [lo, hi) of the block are written
+    hi = tl.minimum(tl.maximum(stop - elem0, 0), count)
+    span = (hi - lo).to(tl.int32)
+    # every row a whole block, written whole, in whole loop iterations: no masks needed
+    unmasked = (tl.min(span) == block_size) & (steps % UNROLL == 0)
+    span = span.to(tl.uint32)[:, None]
+    active_end = (count - lo).to(tl.int32)[:, None]
+    last = tl.maximum(count - 1, 0).to(tl.int32)[:, None]
+    lo = lo.to(tl.int32)[:, None]
     word0 = tl.load(index_ptr + block, mask=is_row, other=0)
     word_limit = (tl.load(index_ptr + block + 1, mask=is_row, other=0) - word0).to(tl.int32)[:, None]
     word_row = words_ptr + word0[:, None]                  # [ROWS, 1] start of each row's stream
+    lane = tl.arange(0, LANES)[None, :]
     raw_row = raw_ptr + elem0[:, None]
-    out_row = out_ptr + (elem0 - start)[:, None]           # may point before out: writes are masked
+    raw_at = raw_row + lane                                # [ROWS, LANES], advanced a step at a time
+    out_at = out_ptr + (elem0 - start)[:, None] + lane     # may point outside out: writes are masked
+    rel = lane - lo
     plane_stride = numel_total.to(tl.int64)
     if TABLE == _TABLE_SHUFFLE:
         small = _small_table(table_ptr, ROWS)
     else:
         small = 0  # unused
-    buf = tl.zeros([ROWS, LANES], tl.uint32)
-    nbits = tl.zeros([ROWS, LANES], tl.int32)
-    wpos = tl.zeros([ROWS, LANES], tl.int32)             # words the row has taken (same in every lane)
-    num_steps = tl.cdiv(tl.max(hi), LANES)                 # later steps hold no element in range
-    for t0 in range(0, num_steps, UNROLL):
-        for u in tl.static_range(UNROLL):
-            buf, nbits, wpos = _decode_step(t0 + u, buf, nbits, wpos, word_row, word_limit, raw_row, out_row,
-                                            count, lo, hi, plane_stride, table_ptr, small, RAW_PLANES,
-                                            PREFIX, TABLE, PREFETCH)
+    num_steps = tl.cdiv(tl.max(hi).to(tl.int32), LANES)    # later steps hold no element to write
+    if unmasked:
+        _decode_loop(num_steps, rel, raw_at, out_at, word_row, word_limit, active_end, span, plane_stride,
+                     table_ptr, small, raw_row, lo, last, ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL, False)
+    else:
+        _decode_loop(num_steps, rel, raw_at, out_at, word_row, word_limit, active_end, span, plane_stride,
+                     table_ptr, small, raw_row, lo, last, ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL, True)
 
 
 @triton.jit
@@ -242,7 +285,39 @@ def _decode_lanes_kernel(words_ptr, index_ptr, table_ptr, raw_ptr, out_ptr, nume
                  num_blocks, steps, tl.program_id(0), ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL)
 
 
-# ----------------------------------------------------------------------------- launcher
+# One row of the int64 descriptor table of a batched launch (see DecodePlan).
+_F_WORDS, _F_INDEX, _F_TABLE, _F_RAW, _F_OUT = 0, 1, 2, 3, 4          # data pointers
+_F_NUMEL, _F_START, _F_STOP, _F_FIRST_BLOCK, _F_NUM_BLOCKS, _F_STEPS, _F_FIRST_TILE = 5, 6, 7, 8, 9, 10, 11
+_FIELDS = 12
+F_WORDS, F_INDEX, F_TABLE, F_RAW, F_OUT = (tl.constexpr(f) for f in (_F_WORDS, _F_INDEX, _F_TABLE, _F_RAW, _F_OUT))
+F_NUMEL, F_START, F_STOP = tl.constexpr(_F_NUMEL), tl.constexpr(_F_START), tl.constexpr(_F_STOP)
+F_FIRST_BLOCK, F_NUM_BLOCKS = tl.constexpr(_F_FIRST_BLOCK), tl.constexpr(_F_NUM_BLOCKS)
+F_STEPS, F_FIRST_TILE, FIELDS = tl.constexpr(_F_STEPS), tl.constexpr(_F_FIRST_TILE), tl.constexpr(_FIELDS)
+
+
+@triton.jit
+def _decode_many_kernel(desc_ptr, num_items, ROWS: tl.constexpr, RAW_PLANES: tl.constexpr, PREFIX: tl.constexpr,
+                        TABLE: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr):
+    # desc_ptr int64 [num_items, FIELDS]: one packed tensor (or row range of one) per row; programs
+    # [first_tile, next item's first_tile) decode that item, ROWS blocks each
+    pid = tl.program_id(0)
+    item = 0
+    for i in range(1, num_items):
+        item += (pid >= tl.load(desc_ptr + i * FIELDS + F_FIRST_TILE)).to(tl.int32)
+    d = desc_ptr + item * FIELDS
+    if RAW_PLANES == 1:
+        out_ptr = tl.load(d + F_OUT).to(tl.pointer_type(tl.int16))
+    else:
+        out_ptr = tl.load(d + F_OUT).to(tl.pointer_type(tl.int32))
+    _decode_rows(tl.load(d + F_WORDS).to(tl.pointer_type(tl.int16)), tl.load(d + F_INDEX).to(tl.pointer_type(tl.int64)),
+                 tl.load(d + F_TABLE).to(tl.pointer_type(tl.int16)), tl.load(d + F_RAW).to(tl.pointer_type(tl.uint8)),
+                 out_ptr, tl.load(d + F_NUMEL), tl.load(d + F_START),
+                 tl.load(d + F_STOP), tl.load(d + F_FIRST_BLOCK).to(tl.int32),
+                 tl.load(d + F_NUM_BLOCKS).to(tl.int32), tl.load(d + F_STEPS).to(tl.int32),
+                 pid - tl.load(d + F_FIRST_TILE).to(tl.int32), ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL)
+
+
+# ----------------------------------------------------------------------------- launchers
 
 _OUT_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
 _INT_VIEWS = {2: torch.int16, 4: torch.int32}
@@ -251,36 +326,127 @@ _INT_VIEWS = {2: torch.int16, 4: torch.int32}
 def decode_lanes(words: torch.Tensor, index: torch.Tensor, table: torch.Tensor, raw: torch.Tensor, out: torch.Tensor, *,
                  numel_total: int, steps: int, dtype: str, start: int = 0) -> None:
     """Decode elements [start, start + out.numel()) of a packed tensor into `out` (contiguous, dtype bf16/f16/f32 matching `dtype` "BF16"/"F16"/"F32"), on the current CUDA stream, with no allocation and no host synchronization."""
-    launch_decode(words, index, table, raw, out, numel_total=numel_total, steps=steps, dtype=dtype, start=start)
+    launch_decode(DecodeItem(words, index, table, raw, out, numel_total, steps, dtype, start))
 
 
-def launch_decode(words: torch.Tensor, index: torch.Tensor, table: torch.Tensor, raw: torch.Tensor,
-                  out: torch.Tensor, *, numel_total: int, steps: int, dtype: str, start: int = 0,
-                  config: DecodeConfig | None = None) -> None:
-    """`decode_lanes` with an explicit kernel configuration (DEFAULT_CONFIG when None)."""
-    layout = _check_args(words, index, table, raw, out, numel_total, steps, dtype, start)
-    count = out.numel()
-    if count == 0:
+@dataclass(frozen=True)
+class DecodeItem:
+    """The arguments of one `decode_lanes` call: a packed tensor, or a range of its elements, and its output."""
+
+    words: torch.Tensor      # uint8 bytes of the uint16 lane words
+    index: torch.Tensor      # uint8 bytes of the int64 block offsets
+    table: torch.Tensor      # int16[4096] decode table
+    raw: torch.Tensor        # uint8 [planes * numel_total]
+    out: torch.Tensor        # contiguous bf16/f16/f32 of the decoded range
+    numel_total: int
+    steps: int
+    dtype: str               # "BF16", "F16" or "F32"
+    start: int = 0
+
+    @classmethod
+    def from_packed(cls, packed, out: torch.Tensor, start: int = 0) -> "DecodeItem":
+        """Item for a PackedTensor with `lanes` encoding, decoding elements [start, start + out.numel())."""
+        return cls(packed.streams["words"], packed.streams["index"], packed.decode_table(out.device),
+                   packed.streams["raw"], out, packed.numel, packed.steps, packed.dtype, start)
+
+    def check(self) -> floats.FloatLayout:
+        return _check_args(self.words, self.index, self.table, self.raw, self.out, self.numel_total, self.steps,
+                           self.dtype, self.start)
+
+    def blocks(self) -> tuple[int, int]:
+        """(first block, number of blocks) that hold the decoded range."""
+        block_size = _LANES * self.steps
+        first = self.start // block_size
+        return first, -(-(self.start + self.out.numel()) // block_size) - first
+
+
+def launch_decode(item: DecodeItem, config: DecodeConfig | None = None) -> None:
+    """Decode one item with an explicit kernel configuration (DEFAULT_CONFIG when None)."""
+    layout = item.check()
+    if item.out.numel() == 0:
         return
-    config = _effective_config(config or DEFAULT_CONFIG, out.device, layout.raw_planes)
-    block_size = _LANES * steps
-    first_block = start // block_size
-    num_blocks = -(-(start + count) // block_size) - first_block
-    args = (words.view(torch.int16), index.view(torch.int64), table, raw, out.view(_INT_VIEWS[layout.width]),
-            numel_total, start, start + count, first_block, num_blocks, steps)
-    compiled = _launch(args, config, layout.raw_planes, num_blocks)
+    config = _effective_config(config or DEFAULT_CONFIG, item.out.device, layout.raw_planes, batched=False)
+    first_block, num_blocks = item.blocks()
+    args = (item.words.view(torch.int16), item.index.view(torch.int64), item.table, item.raw,
+            item.out.view(_INT_VIEWS[layout.width]), item.numel_total, item.start, item.start + item.out.numel(),
+            first_block, num_blocks, item.steps)
+
+    def launch(cfg: DecodeConfig):
+        return _decode_lanes_kernel[(triton.cdiv(num_blocks, cfg.rows),)](*args, **_constexprs(cfg, layout.raw_planes))
+
+    _launch_checked(launch, config, layout.raw_planes, batched=False)
+
+
+def decode_lanes_many(items: list[DecodeItem], config: DecodeConfig | None = None) -> None:
+    """Decode several items with one launch per output width (builds a throw-away DecodePlan).
+
+    This allocates the plan's descriptor table; to decode the same items repeatedly without
+    allocating, build a DecodePlan once and call its `launch()`.
+    """
+    DecodePlan(items, config).launch()
+
+
+class DecodePlan:
+    """Several items (e.g. the seven matrices of a layer) decoded by one launch per output width.
+
+    Built once: it checks every item and copies a small int64 descriptor table (pointers and
+    sizes, one row per item) to the device. `launch()` then runs on the current stream with no
+    allocation and no host synchronization. The plan keeps every tensor it points to alive.
+    """
+
+    def __init__(self, items: list[DecodeItem], config: DecodeConfig | None = None):
+        for item in items:
+            item.check()
+        items = [item for item in items if item.out.numel() > 0]
+        devices = {str(item.out.device) for item in items}
+        if len(devices) > 1:
+            raise UnweightError(f"DecodePlan: items are on several devices ({', '.join(sorted(devices))}); "
+                                f"build one plan per device")
+        self.items = items
+        self._groups = []   # (raw_planes, config, descriptor table, number of items, number of programs)
+        for planes in sorted({floats.LAYOUTS[item.dtype].raw_planes for item in items}):
+            group = [item for item in items if floats.LAYOUTS[item.dtype].raw_planes == planes]
+            cfg = _effective_config(config or DEFAULT_CONFIG, group[0].out.device, planes, batched=True)
+            table, num_tiles = _descriptor_table(group, cfg.rows)
+            self._groups.append((planes, cfg, table.to(group[0].out.device), len(group), num_tiles))
+
+    def launch(self) -> None:
+        for planes, cfg, table, num_items, num_tiles in self._groups:
+            def launch(c: DecodeConfig, table=table, num_items=num_items, num_tiles=num_tiles, planes=planes):
+                return _decode_many_kernel[(num_tiles,)](table, num_items, **_constexprs(c, planes))
+
+            _launch_checked(launch, cfg, planes, batched=True)
+
+
+def _descriptor_table(items: list[DecodeItem], rows: int) -> tuple[torch.Tensor, int]:
+    """int64 [items, FIELDS] rows for _decode_many_kernel, and the number of programs in all."""
+    table = torch.zeros(len(items), _FIELDS, dtype=torch.int64)
+    first_tile = 0
+    for k, item in enumerate(items):
+        first_block, num_blocks = item.blocks()
+        fields = {_F_WORDS: item.words.data_ptr(), _F_INDEX: item.index.data_ptr(), _F_TABLE: item.table.data_ptr(),
+                  _F_RAW: item.raw.data_ptr(), _F_OUT: item.out.data_ptr(), _F_NUMEL: item.numel_total,
+                  _F_START: item.start, _F_STOP: item.start + item.out.numel(), _F_FIRST_BLOCK: first_block,
+                  _F_NUM_BLOCKS: num_blocks, _F_STEPS: item.steps, _F_FIRST_TILE: first_tile}
+        for field, value in fields.items():
+            table[k, field] = value
+        first_tile += triton.cdiv(num_blocks, rows)
+    return table, first_tile
+
+
+def _constexprs(config: DecodeConfig, raw_planes: int) -> dict:
+    return dict(ROWS=config.rows, RAW_PLANES=raw_planes, PREFIX=config.prefix, TABLE=config.table,
+                PREFETCH=config.prefetch, UNROLL=config.unroll, num_warps=config.num_warps)
+
+
+def _launch_checked(launch, config: DecodeConfig, raw_planes: int, batched: bool) -> None:
+    """Launch; if the ballot prefix turns out unsafe for the compiled layout, decode again without it."""
+    compiled = launch(config)
     if config.prefix == PREFIX_BALLOT and not _ballot_layout_ok(compiled):
-        # decode again over the same output, in stream order, with the portable prefix
+        # the same outputs are decoded again, in stream order, with the portable prefix
         logger.warning("decode kernel: ballot prefix unsafe for %s; using the scan prefix", config)
-        _BALLOT_UNSAFE.add((config, layout.raw_planes))
-        _launch(args, replace(config, prefix=PREFIX_SCAN), layout.raw_planes, num_blocks)
-
-
-def _launch(args: tuple, config: DecodeConfig, raw_planes: int, num_blocks: int):
-    grid = (triton.cdiv(num_blocks, config.rows),)
-    return _decode_lanes_kernel[grid](*args, ROWS=config.rows, RAW_PLANES=raw_planes, PREFIX=config.prefix,
-                                      TABLE=config.table, PREFETCH=config.prefetch, UNROLL=config.unroll,
-                                      num_warps=config.num_warps)
+        _BALLOT_UNSAFE.add((config, raw_planes, batched))
+        launch(replace(config, prefix=PREFIX_SCAN))
 
 
 def _check_args(words, index, table, raw, out, numel_total, steps, dtype, start) -> floats.FloatLayout:
@@ -318,17 +484,17 @@ def _check_args(words, index, table, raw, out, numel_total, steps, dtype, start)
     return layout
 
 
-def _effective_config(config: DecodeConfig, device: torch.device, raw_planes: int) -> DecodeConfig:
+def _effective_config(config: DecodeConfig, device: torch.device, raw_planes: int, batched: bool) -> DecodeConfig:
     """Drop inline PTX where it cannot run (interpreter) or where it proved unsafe."""
     if device.type != "cuda":
         return config.portable()
-    if config.prefix == PREFIX_BALLOT and (config, raw_planes) in _BALLOT_UNSAFE:
+    if config.prefix == PREFIX_BALLOT and (config, raw_planes, batched) in _BALLOT_UNSAFE:
         return replace(config, prefix=PREFIX_SCAN)
     return config
 
 
 _BALLOT_CHECKED: dict = {}     # compiled kernel -> whether its ballot operands are lane-major
-_BALLOT_UNSAFE: set = set()    # (config, raw_planes) whose compiled layout failed the check
+_BALLOT_UNSAFE: set = set()    # (config, raw_planes, batched) whose compiled layout failed the check
 
 
 def _ballot_layout_ok(compiled) -> bool:

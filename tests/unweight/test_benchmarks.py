@@ -1,0 +1,88 @@
+"""The benchmark scripts run end to end on tiny inputs (--quick) and write their section of a
+BENCHMARKS.md with the command, the machine and the date; other sections are left alone."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+import common  # noqa: E402
+
+SCRIPTS = {
+    "compression.py": "## Compression ratio (CPU)",
+    "cpu_speed.py": "## CPU speed: compress and decode",
+    "memory.py": "## Memory: peak RSS of `unweight compress`",
+}
+OTHER_SECTION = "## GPU decode (written by another script)\n\n- kept as it is\n"
+
+
+@pytest.fixture(scope="module")
+def quick_runs(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, Path, Path]]:
+    """Every script run once with --quick, in parallel, each into its own markdown file."""
+    procs = {}
+    for script in SCRIPTS:
+        folder = tmp_path_factory.mktemp(script.removesuffix(".py"))
+        md, js = folder / "BENCHMARKS.md", folder / "results.json"
+        md.write_text(common.INTRO + "\n" + OTHER_SECTION)
+        argv = [sys.executable, str(BENCHMARKS / script), "--quick", "--out-md", str(md), "--json", str(js)]
+        procs[script] = (subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), md, js)
+    runs = {}
+    for script, (proc, md, js) in procs.items():
+        out, err = proc.communicate(timeout=300)
+        runs[script] = (subprocess.CompletedProcess(proc.args, proc.returncode, out, err), md, js)
+    return runs
+
+
+@pytest.mark.parametrize("script", list(SCRIPTS))
+def test_quick_run_writes_its_section(quick_runs, script):
+    done, md, js = quick_runs[script]
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = md.read_text()
+    section = text[text.index(SCRIPTS[script]):]
+    assert f"- Command: `python benchmarks/{script} --quick --out-md" in section
+    assert f"- Machine: {common.cpu_model()}, {common.usable_cores()} cores" in section
+    assert f"- Date: {datetime.date.today().isoformat()}" in section
+    assert "- Baseline: " in section
+    assert "| --- |" in section
+    assert OTHER_SECTION.strip() in text
+    results = json.loads(js.read_text())
+    assert results["section"]["title"] == SCRIPTS[script].removeprefix("## ")
+
+
+def test_replace_section_keeps_the_others():
+    text = "# Intro\n\n## A\n\nold a\n\n## B\n\nb\n"
+    new = common.replace_section(text, "A", "## A\n\nnew a\n")
+    assert new == "# Intro\n\n## A\n\nnew a\n\n## B\n\nb\n"
+    appended = common.replace_section(new, "C", "## C\n\nc\n")
+    assert appended == new + "\n## C\n\nc\n"
+    last = common.replace_section(appended, "C", "## C\n\nc2\n")
+    assert last == new + "\n## C\n\nc2\n"
+
+
+def test_title_is_matched_literally():
+    text = "## Memory: peak RSS of `unweight compress`\n\nx\n\n## Memory: other\n\ny\n"
+    new = common.replace_section(text, "Memory: peak RSS of `unweight compress`", "## Memory: peak RSS of `unweight compress`\n\nz\n")
+    assert new == "## Memory: peak RSS of `unweight compress`\n\nz\n\n## Memory: other\n\ny\n"
+
+
+def test_write_section_creates_the_file_with_an_intro(tmp_path):
+    path = tmp_path / "BENCHMARKS.md"
+    section = common.Section("X", "python benchmarks/x.py", "| a |\n| --- |\n| 1 |\n", baseline="none",
+                             machine="m", date="2026-01-01")
+    common.write_section(path, section)
+    text = path.read_text()
+    assert text.startswith(common.INTRO)
+    assert "## X\n\n- Command: `python benchmarks/x.py`\n- Machine: m\n- Date: 2026-01-01\n- Baseline: none" in text
+
+
+def test_median_timing_skips_the_warmup():
+    calls = []
+    timing = common.time_runs(lambda: calls.append(1), runs=3, warmup=2)
+    assert len(calls) == 5 and len(timing.seconds) == 3
