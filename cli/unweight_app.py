@@ -51,7 +51,7 @@ def compress(
 def verify(
     packed: Annotated[Path, typer.Argument(help="Packed directory.")],
     against: Annotated[Optional[str], typer.Option(help="Also compare bit for bit with this source.")] = None,
-    device: Annotated[str, typer.Option(help="Decode on cpu or cuda.")] = "cpu",
+    device: Annotated[Optional[str], typer.Option(help="Decode on cpu or cuda (default: cuda when present).")] = None,
     backend: Backend = None,
 ) -> None:
     """Decode every tensor and check its SHA-256 (and equality with --against)."""

@@ -20,9 +20,10 @@ class VerifyReport:
     mismatches: list[str] = field(default_factory=list)   # one line each: tensor, file, what differs
 
 
-def verify(packed: str | Path, against: str | Path | None = None, *, device: str = "cpu",
+def verify(packed: str | Path, against: str | Path | None = None, *, device: str | None = None,
            backend: str | None = None, progress: Callable[[int], None] | None = None) -> VerifyReport:
     """Check every tensor; raises VerificationError naming the first mismatch (and how many)."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")  # the GPU decoder when there is one
     reader = PackedReader(Path(packed))
     source = PlainReader(Path(against)) if against is not None else None
     report = VerifyReport()
