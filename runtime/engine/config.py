@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 
 import torch
@@ -89,12 +90,30 @@ class EngineConfig:
         return _TORCH_DTYPES[self.dtype]
 
     def resolved_attention_backend(self) -> str:
-        if self.attention_backend != "auto":
-            return self.attention_backend
-        return "triton" if self.torch_device.type == "cuda" else "torch"
+        if self.attention_backend == "auto":
+            return "triton" if self.torch_device.type == "cuda" else "torch"
+        if self.attention_backend == "triton" and self.torch_device.type != "cuda" and not _triton_interpreted():
+            raise ConfigError(
+                "attention_backend='triton' needs a CUDA device (or TRITON_INTERPRET=1 on the CPU); "
+                "allowed here: 'torch' or 'auto'"
+            )
+        return self.attention_backend
 
     def replace(self, **changes) -> "EngineConfig":
         return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "EngineConfig":
+        """Build from a mapping (e.g. a parsed config file); unknown keys are errors."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown engine setting(s) {unknown}; allowed: {', '.join(sorted(known))}")
+        return cls(**values)
+
+
+def _triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from infire.engine.attention import AttentionBatch, paged_attention
+from infire.errors import ConfigError
 from infire.model.config import ModelConfig, RopeConfig
 
 
@@ -101,7 +102,7 @@ class ColumnParallelLinear(nn.Module):
         super().__init__()
         for size in shard_sizes:
             if size % tp_size:
-                raise ValueError(f"output size {size} is not divisible by tp_size={tp_size}")
+                raise ConfigError(f"output size {size} is not divisible by tp_size={tp_size}")
         self.tp_size, self.tp_rank = tp_size, tp_rank
         self.shard_sizes = [size // tp_size for size in shard_sizes]  # rows per rank
         out = sum(self.shard_sizes)
@@ -129,7 +130,7 @@ class RowParallelLinear(nn.Module):
                  tp_size: int = 1, tp_rank: int = 0) -> None:
         super().__init__()
         if input_size % tp_size:
-            raise ValueError(f"input size {input_size} is not divisible by tp_size={tp_size}")
+            raise ConfigError(f"input size {input_size} is not divisible by tp_size={tp_size}")
         self.tp_size, self.tp_rank = tp_size, tp_rank
         self.weight = nn.Parameter(torch.empty(output_size, input_size // tp_size))
         self.bias = nn.Parameter(torch.empty(output_size)) if bias else None
@@ -185,7 +186,7 @@ class Attention(nn.Module):
     def __init__(self, config: ModelConfig, layer_idx: int, tp_size: int = 1, tp_rank: int = 0) -> None:
         super().__init__()
         if config.num_key_value_heads % tp_size:
-            raise ValueError(f"num_key_value_heads={config.num_key_value_heads} not divisible by tp_size={tp_size}")
+            raise ConfigError(f"num_key_value_heads={config.num_key_value_heads} not divisible by tp_size={tp_size}")
         self.layer_idx = layer_idx
         self.head_dim = config.head_dim
         self.num_heads = config.num_attention_heads // tp_size

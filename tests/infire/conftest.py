@@ -8,8 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-# Tiny models: intra-op threads only add spin-waits, which dominate on shared CI machines.
-torch.set_num_threads(1)
 
 _SMALL = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, vocab_size=256, max_position_embeddings=256, eos_token_id=2)
@@ -26,6 +24,15 @@ VARIANTS = {
     "qwen2": ("Qwen2Config", {}),
     "qwen3": ("Qwen3Config", {"head_dim": 32}),
 }
+
+
+@pytest.fixture(autouse=True)
+def _one_intra_op_thread():
+    """Tiny models gain nothing from intra-op threads, whose spin-waits dominate on shared machines."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def build_tiny_model(directory: Path, variant: str, dtype: torch.dtype = torch.float32, seed: int = 0,

@@ -96,6 +96,13 @@ TRITON_SCRIPT = textwrap.dedent("""
         batch.query_start_loc, batch.max_query_len, batch.query_lens_cpu = decode_starts, 1, [1] * 4
         torch.testing.assert_close(out, paged_attention_torch(q[rows], k_cache, v_cache, batch, 0.3),
                                    rtol=1e-5, atol=1e-5)
+    # half precision (the interpreter cannot run bf16 dots, so fp16 stands in for it)
+    q, k_cache, v_cache, batch, _ = make_case(5, dtype=torch.float16)
+    expected = paged_attention_torch(q.float(), k_cache.float(), v_cache.float(), batch, 0.3)
+    out = paged_attention_triton(q, k_cache, v_cache, batch.block_tables, batch.seq_lens,
+                                 batch.query_start_loc, batch.max_query_len, 0.3)
+    assert out.dtype == torch.float16
+    torch.testing.assert_close(out.float(), expected, rtol=0, atol=2e-3)
     print("ok")
 """)
 

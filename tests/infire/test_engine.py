@@ -208,3 +208,17 @@ def test_failed_step_kills_the_engine(llama_dir):
         engine.step()
     with pytest.raises(EngineDeadError):
         engine.add_request("s", PROMPTS["b"], GREEDY)
+
+
+def test_engine_config_from_dict_rejects_unknown_keys():
+    from infire.engine import EngineConfig
+
+    assert EngineConfig.from_dict({"model": "/m", "block_size": 32}).block_size == 32
+    with pytest.raises(ConfigError, match="blocksize"):
+        EngineConfig.from_dict({"model": "/m", "blocksize": 32})
+
+
+def test_triton_attention_on_cpu_needs_the_interpreter(llama_dir, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ConfigError, match="attention_backend"):
+        make_engine(llama_dir, attention_backend="triton")

@@ -49,7 +49,7 @@ PREFETCH_STEPS = tl.constexpr(8)               # PREFETCH: raw bytes this many s
 PREFETCH_WORDS = tl.constexpr(128)             # ...and lane words this many words ahead (~24 steps)
 
 # Word-slot prefix over the lanes of a step (which word each refilling lane takes).
-PREFIX_SCAN = 0     # tl.cumsum + tl.sum along the lane axis: portable, runs in the interpreter
+PREFIX_SCAN = 0     # scan + reduction along the lane axis: portable, runs in the interpreter
 PREFIX_BALLOT = 1   # vote.ballot + popc in inline PTX: CUDA only, needs lane j on hardware lane j
 # Where the 4096-entry decode table is read.
 TABLE_GLOBAL = 0    # every lookup from global memory (the 8 KiB table stays in L1)
@@ -85,14 +85,24 @@ class DecodeConfig:
                                     f"{TABLE_SHUFFLE}; unroll: 1, 2 or 4)")
 
     def portable(self) -> "DecodeConfig":
-        """The same tile without inline PTX, for the Triton interpreter."""
-        return replace(self, prefix=PREFIX_SCAN, prefetch=False)
+        """The tile for the Triton interpreter: no inline PTX, and at least 32 rows, since the
+        interpreter pays per operation and per program rather than per element."""
+        return replace(self, rows=max(self.rows, 32), prefix=PREFIX_SCAN, prefetch=False)
 
 
 DEFAULT_CONFIG = DecodeConfig()
 
 
 # ----------------------------------------------------------------------------- kernel
+
+
+# Reductions and scans go through tl.reduce / tl.associative_scan with triton.language's own
+# combine functions rather than tl.sum, tl.cumsum, tl.min or tl.max: those are @triton.jit
+# functions, which the interpreter can only run if TRITON_INTERPRET was set before
+# triton.language was imported, while these combine functions it recognizes and runs in numpy.
+_add = tl.standard._sum_combine
+_min = tl.standard._elementwise_min
+_max = tl.standard._elementwise_max
 
 
 @triton.jit
@@ -115,8 +125,8 @@ def _word_slots(need, PREFIX: tl.constexpr):
             }""",
             constraints="=r,=r,r", args=[need], dtype=(tl.int32, tl.int32), is_pure=True, pack=1)
     else:
-        before = tl.cumsum(need, axis=1) - need
-        total = tl.sum(need, axis=1)[:, None]
+        before = tl.associative_scan(need, 1, _add) - need
+        total = tl.reduce(need, 1, _add)[:, None]
     return before, total
 
 
@@ -247,7 +257,7 @@ def _decode_rows(words_ptr, index_ptr, table_ptr, raw_ptr, out_ptr, numel_total,
     hi = tl.minimum(tl.maximum(stop - elem0, 0), count)
     span = (hi - lo).to(tl.int32)
     # every row a whole block, written whole, in whole loop iterations: no masks needed
-    unmasked = (tl.min(span) == block_size) & (steps % UNROLL == 0)
+    unmasked = (tl.reduce(span, 0, _min) == block_size) & (steps % UNROLL == 0)
     span = span.to(tl.uint32)[:, None]
     active_end = (count - lo).to(tl.int32)[:, None]
     last = tl.maximum(count - 1, 0).to(tl.int32)[:, None]
@@ -265,7 +275,7 @@ def _decode_rows(words_ptr, index_ptr, table_ptr, raw_ptr, out_ptr, numel_total,
         small = _small_table(table_ptr, ROWS)
     else:
         small = 0  # unused
-    num_steps = tl.cdiv(tl.max(hi).to(tl.int32), LANES)    # later steps hold no element to write
+    num_steps = (tl.reduce(hi, 0, _max).to(tl.int32) + LANES - 1) // LANES   # later steps write nothing
     if unmasked:
         _decode_loop(num_steps, rel, raw_at, out_at, word_row, word_limit, active_end, span, plane_stride,
                      table_ptr, small, raw_row, lo, last, ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL, False)
@@ -487,7 +497,7 @@ def _check_args(words, index, table, raw, out, numel_total, steps, dtype, start)
 def _effective_config(config: DecodeConfig, device: torch.device, raw_planes: int, batched: bool) -> DecodeConfig:
     """Drop inline PTX where it cannot run (interpreter) or where it proved unsafe."""
     if device.type != "cuda":
-        return config.portable()
+        return config if config.prefix == PREFIX_SCAN and not config.prefetch else config.portable()
     if config.prefix == PREFIX_BALLOT and (config, raw_planes, batched) in _BALLOT_UNSAFE:
         return replace(config, prefix=PREFIX_SCAN)
     return config

@@ -1,0 +1,281 @@
+"""The Triton decoder, run by the Triton interpreter on the CPU: bit-exact against the CPU decoder.
+
+TRITON_INTERPRET must be set before `@triton.jit` decorates the kernels (the decorator picks
+the interpreter at that moment), so this module sets it before importing
+unweight.kernels.decode, reloads that module if an earlier import compiled it for a GPU, and
+checks that the kernel objects are the interpreter's. The variable is restored right after
+the import and set again only while these tests run, so other modules see the environment
+they expect. Inputs are small (steps of 4 to 16 symbols) because the interpreter is slow.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from unweight.codec.tensor import encode_float
+from unweight.errors import UnweightError
+from unweight.packed import PackedTensor
+
+from .synthetic import bits
+
+_SAVED_INTERPRET = os.environ.get("TRITON_INTERPRET")
+os.environ["TRITON_INTERPRET"] = "1"
+try:
+    pytest.importorskip("triton")
+    from unweight.kernels import decode
+
+    if type(decode._decode_lanes_kernel).__name__ != "InterpretedFunction":
+        decode = importlib.reload(decode)
+finally:
+    if _SAVED_INTERPRET is None:
+        del os.environ["TRITON_INTERPRET"]
+    else:
+        os.environ["TRITON_INTERPRET"] = _SAVED_INTERPRET
+
+DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+POISON = {2: 0x5A5A, 4: 0x5A5A5A5A}
+
+
+@pytest.fixture(autouse=True)
+def interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert type(decode._decode_lanes_kernel).__name__ == "InterpretedFunction"
+    assert type(decode._decode_many_kernel).__name__ == "InterpretedFunction"
+
+
+def pack(t: torch.Tensor, steps: int = 8) -> PackedTensor:
+    dtype = {v: k for k, v in DTYPES.items()}[t.dtype]
+    data = t.contiguous().view(torch.uint8).reshape(-1).numpy()
+    enc = encode_float(dtype, t.numel(), lambda a, b: data[a:b], steps=steps)
+    streams = {k: torch.from_numpy(v.copy()) for k, v in enc.streams.items()}
+    return PackedTensor("t", dtype, tuple(t.shape), "lanes", streams, steps, enc.code_lengths)
+
+
+def poisoned(count: int, dtype: torch.dtype, margin: int = 0) -> torch.Tensor:
+    """A buffer of count + 2 * margin elements filled with a marker bit pattern."""
+    width = torch.empty(0, dtype=dtype).element_size()
+    int_dtype = {2: torch.int16, 4: torch.int32}[width]
+    return torch.full((count + 2 * margin,), POISON[width], dtype=int_dtype).view(dtype)
+
+
+def item(p: PackedTensor, out: torch.Tensor, start: int = 0) -> "decode.DecodeItem":
+    return decode.DecodeItem.from_packed(p, out, start)
+
+
+def decode_range(p: PackedTensor, start: int, stop: int, config=None, margin: int = 3) -> torch.Tensor:
+    """Decode [start, stop) into the middle of a poisoned buffer; check the margins stay untouched."""
+    buf = poisoned(stop - start, p.torch_dtype, margin)
+    out = buf[margin : margin + stop - start]
+    if config is None:
+        decode.decode_lanes(p.streams["words"], p.streams["index"], p.decode_table(out.device), p.streams["raw"],
+                            out, numel_total=p.numel, steps=p.steps, dtype=p.dtype, start=start)
+    else:
+        decode.launch_decode(item(p, out, start), config)
+    edge = poisoned(margin, p.torch_dtype)
+    assert torch.equal(bits(buf[:margin]), bits(edge)) and torch.equal(bits(buf[margin + stop - start :]), bits(edge))
+    return out
+
+
+def assert_matches_cpu(p: PackedTensor, start: int = 0, stop: int | None = None, config=None) -> None:
+    stop = p.numel if stop is None else stop
+    expected = torch.from_numpy(p._decode_cpu(start, stop)).view(p.torch_dtype)
+    assert torch.equal(bits(decode_range(p, start, stop, config)), bits(expected))
+
+
+def with_symbols(symbols: torch.Tensor, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
+    """Values whose coded symbol (exponent field) is `symbols`, with random sign and raw bits."""
+    g = torch.Generator().manual_seed(seed)
+    if dtype == torch.float32:
+        low = torch.randint(0, 1 << 23, symbols.shape, generator=g, dtype=torch.int64)
+        sign = torch.randint(0, 2, symbols.shape, generator=g, dtype=torch.int64) << 31
+        value = sign | symbols.to(torch.int64) << 23 | low
+        return torch.where(value >= 1 << 31, value - (1 << 32), value).to(torch.int32).view(dtype)
+    low = torch.randint(0, 1 << 7, symbols.shape, generator=g, dtype=torch.int32)
+    sign = torch.randint(0, 2, symbols.shape, generator=g, dtype=torch.int32) << 15
+    return (sign | symbols.to(torch.int32) << 7 | low).to(torch.int16).view(dtype)
+
+
+def edge_cases(dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    width = torch.empty(0, dtype=dtype).element_size()
+    int_dtype = {2: torch.int16, 4: torch.int32}[width]
+    g = torch.Generator().manual_seed(1)
+    return {
+        "zeros": torch.zeros(200, dtype=dtype),
+        "negative zeros": torch.full((77,), -0.0, dtype=dtype),
+        "nan and inf payloads": torch.tensor([float("nan"), float("inf"), -float("inf")] * 50, dtype=dtype)
+        .view(int_dtype).bitwise_or(torch.arange(150, dtype=int_dtype) % 7).view(dtype),
+        "subnormals": (torch.rand(300, generator=g) * torch.finfo(dtype).tiny).to(dtype),
+        "one repeated value": torch.full((1000,), 0.0123, dtype=dtype),
+        "all 256 symbols": with_symbols(torch.arange(256).repeat(4)[torch.randperm(1024, generator=g)], dtype),
+        "one element": torch.tensor([1.5], dtype=dtype),
+        "less than one step": (torch.randn(19, generator=g) * 0.02).to(dtype),
+        "odd size, partial last block": (torch.randn(1031, generator=g) * 0.02).to(dtype),
+    }
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+def test_random_normal_matches_cpu_decoder(dtype):
+    t = (torch.randn(48, 64, generator=torch.Generator().manual_seed(0)) * 0.02).to(dtype)
+    p = pack(t, steps=8)
+    assert_matches_cpu(p)
+    assert torch.equal(bits(decode_range(p, 0, p.numel)), bits(t.reshape(-1)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+def test_edge_cases_match_cpu_decoder(dtype):
+    for name, t in edge_cases(dtype).items():
+        try:
+            assert_matches_cpu(pack(t, steps=4))
+        except AssertionError as e:
+            raise AssertionError(f"{name}: {e}") from e
+
+
+@pytest.mark.parametrize("start, stop", [(0, 1), (100, 1000), (255, 257), (511, 512), (300, 2000), (2047, 2048)])
+def test_element_ranges_write_only_their_elements(start, stop):
+    p = pack((torch.randn(2048, generator=torch.Generator().manual_seed(2)) * 0.05).to(torch.bfloat16), steps=8)
+    assert_matches_cpu(p, start, stop)
+
+
+def test_fp32_range_reads_every_plane_at_its_offset():
+    p = pack(torch.randn(1500, generator=torch.Generator().manual_seed(3)), steps=8)
+    assert_matches_cpu(p, 333, 1234)
+
+
+@pytest.mark.parametrize("rows", [(0, 1), (3, 17), (39, 40), (0, 40)])
+def test_decode_into_row_ranges_through_packed_tensor(rows):
+    t = (torch.randn(40, 48, generator=torch.Generator().manual_seed(4)) * 0.02).to(torch.bfloat16)
+    p = pack(t, steps=8)
+    buf = poisoned((rows[1] - rows[0]) * 48, t.dtype, margin=5)
+    out = buf[5:-5].view(rows[1] - rows[0], 48)
+    p.decode_into(out, rows=rows, backend="triton")
+    assert torch.equal(bits(out), bits(t[rows[0] : rows[1]]))
+    assert torch.equal(bits(buf[:5]), bits(poisoned(5, t.dtype))) and torch.equal(bits(buf[-5:]), bits(poisoned(5, t.dtype)))
+
+
+@pytest.mark.parametrize("config", [
+    dict(rows=1, num_warps=1, unroll=1),
+    dict(rows=8, num_warps=4, unroll=4),
+    dict(rows=4, num_warps=4, table=decode.TABLE_SHUFFLE, unroll=2),
+    dict(rows=2, num_warps=2, table=decode.TABLE_SHUFFLE, unroll=4),
+], ids=["rows1-unroll1", "rows8-unroll4", "shuffle-unroll2", "shuffle-unroll4"])
+def test_kernel_variants_agree(config):
+    # the interpreter runs a configuration as given only without inline PTX (scan prefix, no prefetch)
+    config = decode.DecodeConfig(prefix=decode.PREFIX_SCAN, prefetch=False, **config)
+    # steps=6 with unroll 4 leaves a partial loop iteration: the masked path must stop at the block end
+    for steps in (8, 6):
+        p = pack((torch.randn(700, generator=torch.Generator().manual_seed(5)) * 0.02).to(torch.float16), steps)
+        assert_matches_cpu(p, config=config)
+        assert_matches_cpu(p, 90, 500, config=config)
+
+
+def test_shuffle_table_decodes_long_codes():
+    # a skewed histogram gives many codes longer than the 6 bits kept in registers
+    g = torch.Generator().manual_seed(6)
+    symbols = torch.where(torch.rand(3000, generator=g) < 0.5, 100, torch.randint(0, 256, (3000,), generator=g))
+    p = pack(with_symbols(symbols, torch.bfloat16), steps=8)
+    assert int(p.code_lengths.max()) > 6
+    assert_matches_cpu(p, config=decode.DecodeConfig(table=decode.TABLE_SHUFFLE, prefix=decode.PREFIX_SCAN,
+                                                     prefetch=False))
+
+
+def test_plan_decodes_many_items_in_one_launch_per_width():
+    g = torch.Generator().manual_seed(7)
+    tensors = [(torch.randn(1200, generator=g) * 0.02).to(torch.bfloat16), (torch.randn(700, generator=g)).half(),
+               torch.randn(900, generator=g), (torch.randn(5, generator=g)).to(torch.bfloat16)]
+    ranges = [(0, 1200), (33, 650), (100, 900), (1, 4)]
+    packed = [pack(t, steps) for t, steps in zip(tensors, (8, 16, 4, 8))]
+    outs = [poisoned(b - a, t.dtype) for t, (a, b) in zip(tensors, ranges)]
+    plan = decode.DecodePlan([item(p, out, a) for p, out, (a, _) in zip(packed, outs, ranges)],
+                             decode.DecodeConfig(rows=2, num_warps=2, prefix=decode.PREFIX_SCAN, prefetch=False))
+    for _ in range(2):  # a plan is reusable: the second launch rewrites the same outputs
+        plan.launch()
+        for t, out, (a, b) in zip(tensors, outs, ranges):
+            assert torch.equal(bits(out), bits(t[a:b]))
+    assert len(plan._groups) == 2  # one launch for 16-bit outputs, one for fp32
+
+
+def test_decode_lanes_many_skips_empty_items():
+    p = pack((torch.randn(600) * 0.02).to(torch.bfloat16), steps=8)
+    out, empty = torch.empty(600, dtype=torch.bfloat16), torch.empty(0, dtype=torch.bfloat16)
+    decode.decode_lanes_many([item(p, empty, 17), item(p, out)])
+    assert torch.equal(bits(out), bits(torch.from_numpy(p._decode_cpu(0, 600)).view(torch.bfloat16)))
+
+
+@pytest.fixture(scope="module")
+def small() -> PackedTensor:
+    return pack((torch.randn(300) * 0.02).to(torch.bfloat16), steps=8)
+
+
+def call(p: PackedTensor, out: torch.Tensor, **overrides) -> None:
+    args = dict(words=p.streams["words"], index=p.streams["index"], table=p.decode_table("cpu"),
+                raw=p.streams["raw"], out=out)
+    kwargs = dict(numel_total=p.numel, steps=p.steps, dtype=p.dtype, start=0)
+    for key, value in overrides.items():
+        (args if key in args else kwargs)[key] = value
+    decode.decode_lanes(*args.values(), **kwargs)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(out=torch.empty(300, dtype=torch.float16)), "contiguous torch.bfloat16"),
+    (dict(out=torch.empty(600, dtype=torch.bfloat16)[::2]), "contiguous torch.bfloat16"),
+    (dict(out=torch.empty(301, dtype=torch.bfloat16)), "not inside a tensor of 300"),
+    (dict(start=250, out=torch.empty(100, dtype=torch.bfloat16)), "not inside a tensor of 300"),
+    (dict(start=-1), "not inside"),
+    (dict(dtype="I32"), "not coded with lanes"),
+    (dict(steps=16), "index holds"),
+    (dict(table=torch.zeros(4096, dtype=torch.int32)), "table must be a contiguous 1-D torch.int16"),
+    (dict(table=torch.zeros(4095, dtype=torch.int16)), "table holds 4095"),
+    (dict(raw=torch.zeros(299, dtype=torch.uint8)), "raw holds 299"),
+    (dict(words=torch.zeros(7, dtype=torch.uint8)), "whole, 2-byte aligned"),
+    (dict(index=torch.zeros(8 * 3, dtype=torch.int64)), "index must be a contiguous 1-D torch.uint8"),
+    (dict(raw=torch.zeros(300, dtype=torch.uint8, device="meta")), "raw is on meta"),
+], ids=["out-dtype", "out-strided", "too-long", "past-end", "negative-start", "dtype", "steps", "table-dtype",
+        "table-size", "raw-size", "odd-words", "index-dtype", "device"])
+def test_launcher_refuses_bad_arguments(small, overrides, message):
+    out = overrides.pop("out", torch.empty(300 - max(0, overrides.get("start", 0)), dtype=torch.bfloat16))
+    with pytest.raises(UnweightError, match=message):
+        call(small, out, **overrides)
+
+
+def test_launcher_needs_cuda_or_the_interpreter(small, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET")
+    with pytest.raises(UnweightError, match="needs a CUDA device"):
+        call(small, torch.empty(300, dtype=torch.bfloat16))
+
+
+def test_empty_output_launches_nothing(small):
+    call(small, torch.empty(0, dtype=torch.bfloat16), start=300)
+
+
+@pytest.mark.parametrize("kwargs", [dict(rows=3), dict(rows=2, num_warps=4), dict(rows=8, num_warps=4),
+                                    dict(unroll=3), dict(prefix=7), dict(table=2), dict(num_warps=32, rows=32)])
+def test_config_refuses_bad_values(kwargs):
+    with pytest.raises(UnweightError, match="DecodeConfig"):
+        decode.DecodeConfig(**kwargs)
+
+
+TTGIR_LANE_MAJOR = """\
+#blocked = #ttg.blocked<{sizePerThread = [1, 1], threadsPerWarp = [1, 32], warpsPerCTA = [4, 1], order = [1, 0]}>
+    %7:2 = tt.elementwise_inline_asm "{ vote.sync.ballot.b32 m, p, 0xffffffff; }" {constraints = "=r,=r,r"} %need : tensor<4x32xi32, #blocked> -> tensor<4x32xi32, #blocked>, tensor<4x32xi32, #blocked>
+"""
+
+
+def test_ballot_layout_check_accepts_only_lane_major_tiles():
+    assert decode.ballot_layout_is_lane_major(TTGIR_LANE_MAJOR)
+    split_warp = TTGIR_LANE_MAJOR.replace("sizePerThread = [1, 1], threadsPerWarp = [1, 32]",
+                                          "sizePerThread = [1, 2], threadsPerWarp = [2, 16]")
+    assert not decode.ballot_layout_is_lane_major(split_warp)
+    assert not decode.ballot_layout_is_lane_major(TTGIR_LANE_MAJOR.replace("#blocked>", "#linear>"))
+    assert not decode.ballot_layout_is_lane_major("")
+
+
+def test_importing_unweight_does_not_import_triton():
+    code = "import sys, unweight, unweight.kernels, unweight.packed; assert 'triton' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
