@@ -14,11 +14,12 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from infire.errors import ConfigError, InfireError, ModelLoadError
+from infire.errors import ConfigError, InfireError, InvalidRequestError, ModelLoadError
 from unweight_cli.common import err_console, handle_errors, out_console
 
 DEBUG_ENV = "INFIRE_DEBUG"
-EXIT_CODES = {InfireError: 1, OSError: 1, ConfigError: 2, ModelLoadError: 3}
+# 1: failed at run time; 2: a bad argument or value; 3: the model cannot be loaded.
+EXIT_CODES = {InfireError: 1, OSError: 1, ConfigError: 2, InvalidRequestError: 2, ModelLoadError: 3}
 catch_errors = handle_errors(DEBUG_ENV, EXIT_CODES)
 
 app = typer.Typer(
@@ -78,7 +79,6 @@ def serve(
 
     config = ServerConfig(model=model, host=host, port=port, served_model_name=served_model_name, log_level=log_level)
     _configure_logging(logging.INFO if log_level in ("info", "debug") else logging.WARNING)
-    err_console.print(f"Loading [b]{model}[/b] ...")
     run_server(config, engine_config(model, weights, device, dtype, max_model_len, num_kv_blocks))
 
 
@@ -151,7 +151,7 @@ def bench(
     output_len: Annotated[int, typer.Option(help="max_tokens of every request.")] = 128,
     max_concurrency: Annotated[Optional[int], typer.Option(help="Most requests in flight at once (default: no limit).")] = None,
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Send ignore_eos=true (vLLM/infire extension) so outputs reach --output-len.")] = False,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to this file ('-' for stdout).")] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to this file ('-': stdout, the table goes to stderr).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the prompts and arrival times.")] = 0,
     timeout: Annotated[float, typer.Option(help="Seconds before one request is given up.")] = 600.0,
 ) -> None:
@@ -175,7 +175,9 @@ def bench(
     rate = "all at once" if math.isinf(request_rate) else f"{request_rate:g} req/s"
     err_console.print(f"Sending {num_requests} requests ({rate}) to [b]{config.base_url}[/b] ...")
     report = run_bench(config)
-    out_console.print(_report_table(report))
+    # With --json -, stdout carries only the JSON, so it can be piped.
+    table_console = err_console if str(json_path) == "-" else out_console
+    table_console.print(_report_table(report))
     if json_path is not None:
         _write_json(report.as_dict(), json_path)
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import sys
 import math
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -13,11 +13,17 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
-from .errors_exit import run_app
+from unweight.errors import CorruptDataError, UnweightError, VerificationError
+
+from .common import handle_errors
 
 app = typer.Typer(help="Lossless packed checkpoints: the exponent bits of every float weight, entropy-coded.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 console = Console(width=None if sys.stdout.isatty() else 200)
+
+DEBUG_ENV = "UNWEIGHT_DEBUG"
+EXIT_CODES = {UnweightError: 1, CorruptDataError: 3, VerificationError: 3}  # 3: the data is bad
+catch_errors = handle_errors(DEBUG_ENV, EXIT_CODES)
 
 Force = Annotated[bool, typer.Option("--force", help="Replace a non-empty output directory.")]
 Backend = Annotated[Optional[str], typer.Option(help="Decoder: cpu or triton (default: triton on a GPU).")]
@@ -25,6 +31,7 @@ Backend = Annotated[Optional[str], typer.Option(help="Decoder: cpu or triton (de
 
 @app.command(epilog="Examples:\n\n  unweight compress ./Llama-3.1-8B -o ./Llama-3.1-8B.uw\n\n"
                     "  unweight compress HuggingFaceTB/SmolLM2-135M-Instruct -o smol.uw --force")
+@catch_errors
 def compress(
     src: Annotated[str, typer.Argument(help="HF directory, a .safetensors file, or a hub repo id.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Packed directory to create.")],
@@ -48,6 +55,7 @@ def compress(
 
 
 @app.command(epilog="Examples:\n\n  unweight verify smol.uw\n\n  unweight verify smol.uw --against ./SmolLM2")
+@catch_errors
 def verify(
     packed: Annotated[Path, typer.Argument(help="Packed directory.")],
     against: Annotated[Optional[str], typer.Option(help="Also compare bit for bit with this source.")] = None,
@@ -67,6 +75,7 @@ def verify(
 
 
 @app.command(epilog="Example:\n\n  unweight decompress smol.uw -o ./SmolLM2-restored")
+@catch_errors
 def decompress(
     packed: Annotated[Path, typer.Argument(help="Packed directory.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Directory to rebuild the checkpoint in.")],
@@ -86,6 +95,7 @@ def decompress(
 
 
 @app.command(epilog="Examples:\n\n  unweight inspect smol.uw\n\n  unweight inspect smol.uw --json | jq .ratio")
+@catch_errors
 def inspect(
     packed: Annotated[Path, typer.Argument(help="Packed directory.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
@@ -147,4 +157,4 @@ def _size(n: float) -> str:
 
 
 def main() -> None:
-    run_app(app, debug_env="UNWEIGHT_DEBUG")
+    app()

@@ -27,13 +27,13 @@ class AttentionBatch:
     seq_lens: torch.Tensor  # [B] int32, cached tokens of each sequence after this step
     block_tables: torch.Tensor  # [B, max_blocks] int32, physical blocks of each sequence (padded with 0)
     max_query_len: int
-    query_lens_cpu: list[int]  # the same facts as host lists, for the per-sequence torch path
-    seq_lens_cpu: list[int]
+    query_lens_cpu: list[int] | None  # the same facts as host lists, for the per-sequence torch path
+    seq_lens_cpu: list[int] | None  # (None in a batch built for CUDA graph capture, which needs "triton")
     backend: str = "torch"
 
     @property
     def num_seqs(self) -> int:
-        return len(self.seq_lens_cpu)
+        return self.seq_lens.shape[0]
 
 
 def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -48,6 +48,12 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: 
                     v_cache: torch.Tensor, batch: AttentionBatch, scale: float) -> torch.Tensor:
     """q [T, H, D], new k/v [T, KVH, D] -> out [T, H, D] after storing k/v into the cache."""
     store_kv(k, v, k_cache, v_cache, batch.slot_mapping)
+    return attend_paged(q, k_cache, v_cache, batch, scale)
+
+
+def attend_paged(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, batch: AttentionBatch,
+                 scale: float) -> torch.Tensor:
+    """q [T, H, D] -> out [T, H, D], attending over K/V already in the cache."""
     if batch.backend == "triton":
         from infire.engine.triton_attention import paged_attention_triton
 

@@ -15,7 +15,10 @@ LOAD_FORMATS = ("auto", "dummy")
 DEVICES = ("cpu", "cuda", "auto")
 DTYPES = ("auto", "checkpoint", "float32", "bfloat16", "float16")
 ATTENTION_BACKENDS = ("auto", "torch", "triton")
+OPS_BACKENDS = ("auto", "torch", "triton")
 DEFAULT_MAX_MODEL_LEN_CAP = 32768
+# decode batch sizes that get a CUDA graph by default (then every 16 up to max_num_seqs, and max_num_seqs)
+DEFAULT_CUDA_GRAPH_BATCH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64)
 _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -29,6 +32,14 @@ class EngineConfig:
     num_kv_blocks None sizes the cache from gpu_memory_utilization (CUDA) or
     kv_cache_bytes (CPU). max_model_len None takes the model's, capped at
     DEFAULT_MAX_MODEL_LEN_CAP and at what the KV cache can hold.
+
+    On CUDA, decode steps replay a CUDA graph captured for the smallest of
+    cuda_graph_batch_sizes that holds the batch (None: DEFAULT_CUDA_GRAPH_BATCH_SIZES,
+    then every 16, up to max_num_seqs); larger batches and prefill run eagerly.
+    enforce_eager=True captures nothing. CPU runs are always eager. ops_backend
+    "auto" fuses RMSNorm + residual, rotary + KV store and SiLU-and-mul into Triton
+    kernels on CUDA (falling back to torch ops if they fail a start-up check) and
+    uses torch ops on CPU.
     """
 
     model: str
@@ -45,6 +56,9 @@ class EngineConfig:
     attention_backend: str = "auto"
     seed: int = 0  # seeds the generator shared by requests without their own seed
     load_format: str = "auto"  # "dummy": random weights, only config.json is read (benchmarks)
+    enforce_eager: bool = False
+    cuda_graph_batch_sizes: tuple[int, ...] | None = None
+    ops_backend: str = "auto"
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
@@ -54,6 +68,9 @@ class EngineConfig:
         _check_choice("dtype", self.dtype, DTYPES)
         _check_choice("attention_backend", self.attention_backend, ATTENTION_BACKENDS)
         _check_choice("load_format", self.load_format, LOAD_FORMATS)
+        _check_choice("ops_backend", self.ops_backend, OPS_BACKENDS)
+        if not isinstance(self.enforce_eager, bool):
+            raise ConfigError(f"enforce_eager={self.enforce_eager!r} is invalid; allowed: True or False")
         if self.load_format == "dummy" and self.weights == "compressed":
             raise ConfigError(
                 "load_format='dummy' needs weights='dense'; compressed weights come from a packed checkpoint"
@@ -74,6 +91,30 @@ class EngineConfig:
             )
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("device='cuda' but no CUDA device is visible; allowed here: 'cpu' or 'auto'")
+        self._check_graph_batch_sizes()
+
+    def _check_graph_batch_sizes(self) -> None:
+        sizes = self.cuda_graph_batch_sizes
+        if sizes is None:
+            return
+        if isinstance(sizes, list):  # as parsed from a config file
+            sizes = tuple(sizes)
+            object.__setattr__(self, "cuda_graph_batch_sizes", sizes)
+        if (not isinstance(sizes, tuple) or not sizes
+                or any(isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.max_num_seqs for n in sizes)):
+            raise ConfigError(
+                f"cuda_graph_batch_sizes={sizes!r} is invalid; allowed: None or a non-empty list of integers "
+                f"from 1 to max_num_seqs={self.max_num_seqs}"
+            )
+
+    @property
+    def graph_batch_sizes(self) -> tuple[int, ...]:
+        """The decode batch sizes that get a CUDA graph, ascending."""
+        if self.cuda_graph_batch_sizes is not None:
+            return tuple(sorted(set(self.cuda_graph_batch_sizes)))
+        sizes = [n for n in DEFAULT_CUDA_GRAPH_BATCH_SIZES if n < self.max_num_seqs]
+        sizes += range(DEFAULT_CUDA_GRAPH_BATCH_SIZES[-1] + 16, self.max_num_seqs, 16)
+        return (*sizes, self.max_num_seqs)
 
     @property
     def torch_device(self) -> torch.device:
@@ -98,6 +139,20 @@ class EngineConfig:
                 "allowed here: 'torch' or 'auto'"
             )
         return self.attention_backend
+
+    def resolved_ops_backend(self) -> str:
+        if self.ops_backend == "auto":
+            return "triton" if self.torch_device.type == "cuda" else "torch"
+        if self.ops_backend == "triton" and self.torch_device.type != "cuda" and not _triton_interpreted():
+            raise ConfigError(
+                "ops_backend='triton' needs a CUDA device (or TRITON_INTERPRET=1 on the CPU); "
+                "allowed here: 'torch' or 'auto'"
+            )
+        return self.ops_backend
+
+    @property
+    def uses_cuda_graphs(self) -> bool:
+        return self.torch_device.type == "cuda" and not self.enforce_eager
 
     def replace(self, **changes) -> "EngineConfig":
         return dataclasses.replace(self, **changes)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator, Sequence
 
 from infire.errors import EngineDeadError, InvalidRequestError
 from infire.frontend.loop import AbortAllCommand, AbortCommand, AddCommand, EngineLoop
-from infire.frontend.tracker import ACCEPTED, FrontendObserver, GenerationChunk, RequestTracker, Sink
+from infire.frontend.tracker import ACCEPTED, FrontendObserver, GenerationChunk, RequestTracker
 from infire.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -117,12 +117,17 @@ class Frontend:
 
     def abort(self, request_id: str) -> None:
         """Stop a request and free its KV blocks; unknown or finished ids are ignored."""
-        if self._loop.error is None:
-            self._loop.submit(AbortCommand(request_id))
+        self._send_quietly(AbortCommand(request_id))
 
     def abort_all(self) -> None:
-        if self._loop.error is None:
-            self._loop.submit(AbortAllCommand())
+        """Finish every request now (shutdown); safe to call from a signal handler."""
+        self._send_quietly(AbortAllCommand())
+
+    def _send_quietly(self, command: AbortCommand | AbortAllCommand) -> None:
+        try:
+            self._loop.submit(command)
+        except EngineDeadError:
+            pass  # a stopped engine has no requests left to abort
 
 
 class RequestStream:
@@ -188,7 +193,7 @@ def _sync_chunks(items: "queue.Queue[object]", engine_loop: EngineLoop) -> Itera
 
 def _raise_if_dead(engine_loop: EngineLoop, nothing_pending: bool) -> None:
     if engine_loop.error is not None and nothing_pending and not engine_loop.is_alive():
-        raise engine_loop.error
+        raise EngineDeadError(str(engine_loop.error))
 
 
 def random_request_id(prefix: str = "req") -> str:

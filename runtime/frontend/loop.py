@@ -60,7 +60,7 @@ class EngineLoop:
 
     def submit(self, command: Command) -> None:
         if self.error is not None:
-            raise self.error
+            raise EngineDeadError(str(self.error))
         self._commands.put(command)
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -75,6 +75,7 @@ class EngineLoop:
 
     def _run(self) -> None:
         try:
+            self._publish_stats()
             while not self._stop_requested:
                 self._apply_commands(block=not self._engine.has_unfinished_requests())
                 if self._engine.has_unfinished_requests() and not self._stop_requested:
@@ -153,17 +154,18 @@ class EngineLoop:
         if self._observer is not None:
             self._observer.on_engine_stats(self.stats)
 
-    def _fail_all(self, error: Exception) -> None:
+    def _fail_all(self, error: EngineDeadError) -> None:
         for tracker in self._trackers.values():
-            tracker.sink(error)
+            tracker.sink(EngineDeadError(str(error)))
         self._trackers.clear()
         self._drain_pending(error)
 
-    def _drain_pending(self, error: Exception) -> None:
+    def _drain_pending(self, error: EngineDeadError) -> None:
+        """Refuse requests that were queued but never reached the engine."""
         while True:
             try:
                 command = self._commands.get_nowait()
             except queue.Empty:
                 return
             if isinstance(command, AddCommand):
-                command.tracker.sink(error)
+                command.tracker.sink(EngineDeadError(str(error)))

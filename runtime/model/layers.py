@@ -14,20 +14,37 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from infire.engine.attention import AttentionBatch, paged_attention
+from infire.engine.attention import AttentionBatch, attend_paged, paged_attention
 from infire.errors import ConfigError
 from infire.model.config import ModelConfig, RopeConfig
 
 
 class RMSNorm(nn.Module):
-    """y = w * x / sqrt(mean(x^2) + eps), computed in float32 like the reference."""
+    """y = w * x / sqrt(mean(x^2) + eps), computed in float32 like the reference.
+
+    With a residual, the sum h = x + residual is normalized and returned with it:
+    forward(x, residual) -> (norm(h), h).
+    """
+
+    ops_backend = "torch"
 
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.empty(dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor,
+                residual: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if self.ops_backend == "triton" and x.dim() == 2:
+            from infire.model.triton_ops import rms_norm
+
+            return rms_norm(x, self.weight, self.eps, residual)
+        if residual is None:
+            return self._norm(x)
+        h = x + residual
+        return self._norm(h), h
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(x.dtype)
@@ -169,6 +186,8 @@ class Embedding(nn.Module):
 class MLP(nn.Module):
     """down(silu(gate(x)) * up(x)), with gate and up stacked in one projection."""
 
+    ops_backend = "torch"
+
     def __init__(self, config: ModelConfig, tp_size: int = 1, tp_rank: int = 0) -> None:
         super().__init__()
         inter = config.intermediate_size
@@ -176,12 +195,19 @@ class MLP(nn.Module):
         self.down_proj = RowParallelLinear(inter, config.hidden_size, False, tp_size, tp_rank)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # [T, I/tp] each
+        gate_up = self.gate_up_proj(x)  # [T, 2 * I/tp]
+        if self.ops_backend == "triton":
+            from infire.model.triton_ops import silu_and_mul
+
+            return self.down_proj(silu_and_mul(gate_up))
+        gate, up = gate_up.chunk(2, dim=-1)  # [T, I/tp] each
         return self.down_proj(F.silu(gate) * up)
 
 
 class Attention(nn.Module):
     """Grouped-query self-attention over a paged KV cache."""
+
+    ops_backend = "torch"
 
     def __init__(self, config: ModelConfig, layer_idx: int, tp_size: int = 1, tp_rank: int = 0) -> None:
         super().__init__()
@@ -208,7 +234,15 @@ class Attention(nn.Module):
                 batch: AttentionBatch) -> torch.Tensor:
         num_tokens = x.shape[0]
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        q, k, v = self.qkv_proj(x).split([q_size, kv_size, kv_size], dim=-1)
+        qkv = self.qkv_proj(x)  # [T, q_size + 2 * kv_size]
+        if self.ops_backend == "triton" and self.q_norm is None:
+            from infire.model.triton_ops import rotary_store_kv
+
+            q = rotary_store_kv(qkv, cos, sin, self.k_cache, self.v_cache, batch.slot_mapping,
+                                self.num_heads, self.num_kv_heads)  # [T, H, D], k/v now in the cache
+            out = attend_paged(q, self.k_cache, self.v_cache, batch, self.scale)  # [T, H, D]
+            return self.o_proj(out.reshape(num_tokens, q_size))
+        q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
         q = q.view(num_tokens, self.num_heads, self.head_dim)  # [T, H, D]
         k = k.view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, KVH, D]
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, KVH, D]

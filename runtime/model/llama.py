@@ -24,7 +24,13 @@ STACKED_PARAMS = {
 
 
 class DecoderLayer(nn.Module):
-    """h = x + attn(norm(x)); out = h + mlp(norm(h))."""
+    """h = x + attn(norm(x)); out = h + mlp(norm(h)).
+
+    The residual sums are deferred into the next norm (which adds and normalizes in one
+    kernel with ops_backend "triton"): a layer takes (delta, residual) with x = delta +
+    residual (residual None for the first layer, whose x is the embedding) and returns
+    (mlp output, h). The sums are the same additions as above, so the result is too.
+    """
 
     def __init__(self, config: ModelConfig, layer_idx: int, tp_size: int = 1, tp_rank: int = 0) -> None:
         super().__init__()
@@ -33,10 +39,15 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                batch: AttentionBatch) -> torch.Tensor:
-        h = x + self.self_attn(self.input_layernorm(x), cos, sin, batch)  # [T, hidden]
-        return h + self.mlp(self.post_attention_layernorm(h))  # [T, hidden]
+    def forward(self, delta: torch.Tensor, residual: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor,
+                batch: AttentionBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        if residual is None:
+            residual, normed = delta, self.input_layernorm(delta)
+        else:
+            normed, residual = self.input_layernorm(delta, residual)  # x = delta + residual, [T, hidden]
+        attn = self.self_attn(normed, cos, sin, batch)  # [T, hidden]
+        normed, residual = self.post_attention_layernorm(attn, residual)  # h = x + attn
+        return self.mlp(normed), residual
 
     def linear_layers(self) -> dict[str, nn.Module]:
         """The projections whose weights `weights="compressed"` keeps packed."""
@@ -63,9 +74,10 @@ class LlamaModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: AttentionBatch) -> torch.Tensor:
         h = self.embed_tokens(input_ids)  # [T, hidden]
         cos, sin = self.rotary_emb(positions, h.dtype)  # [T, head_dim] each
+        residual = None
         for layer in self.layers:
-            h = layer(h, cos, sin, batch)
-        return self.norm(h)  # [T, hidden]
+            h, residual = layer(h, residual, cos, sin, batch)
+        return self.norm(h, residual)[0]  # [T, hidden]
 
 
 class LlamaForCausalLM(nn.Module):
@@ -82,6 +94,12 @@ class LlamaForCausalLM(nn.Module):
         """Share the embedding with the output head when the checkpoint ties them."""
         if self.config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+
+    def set_ops_backend(self, backend: str) -> None:
+        """"torch": reference ops; "triton": fused RMSNorm + residual, rotary + KV store, SiLU-and-mul."""
+        for module in self.modules():
+            if hasattr(module, "ops_backend"):
+                module.ops_backend = backend
 
     def reset_buffers(self, device: torch.device) -> None:
         """Fill the buffers that are computed, not loaded (after `to_empty`)."""

@@ -13,8 +13,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
 from infire.errors import InfireError
-from infire.frontend import Frontend, GenerationChunk, RequestStream
-from infire.frontend.core import random_request_id
+from infire.frontend import Frontend, GenerationChunk, RequestStream, random_request_id
 from infire.server import protocol
 from infire.server.errors import InvalidBodyError, ModelNotFoundError, error_response, exception_body, install_error_handlers
 from infire.server.metrics import CONTENT_TYPE, ServerMetrics
@@ -153,7 +152,7 @@ async def parse_body(request: Request, model: type[BodyModel]) -> BodyModel:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise InvalidBodyError.from_validation(exc) from exc
+        raise InvalidBodyError.from_validation(exc, model) from exc
 
 
 def sse(body: dict) -> str:

@@ -8,7 +8,7 @@ from http import HTTPStatus
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from infire.errors import EngineDeadError, InfireError, InvalidRequestError
@@ -63,7 +63,7 @@ class InvalidBodyError(InvalidRequestError):
         self.param = param
 
     @classmethod
-    def from_validation(cls, exc: RequestValidationError | ValidationError) -> "InvalidBodyError":
+    def from_validation(cls, exc: RequestValidationError | ValidationError, model: type[BaseModel] | None = None) -> "InvalidBodyError":
         """The first problem pydantic found, named by its parameter path."""
         errors = exc.errors()
         if not errors:
@@ -76,7 +76,17 @@ class InvalidBodyError(InvalidRequestError):
             return cls(f"the request body is invalid: {error['msg']}")
         if error.get("type") == "missing":
             return cls(f"'{'.'.join(loc)}' is required", loc[0])
+        field = model.model_fields.get(loc[0]) if model is not None else None
+        is_member = len(error["loc"]) > 1 and isinstance(error["loc"][1], str)  # loc: (field, member type, ...)
+        if field is not None and is_member and sum(e.get("loc", ())[:1] == error["loc"][:1] for e in errors) > 1:
+            # A union field: pydantic reports one error per member; name the allowed types instead.
+            got = type(error.get("input")).__name__
+            return cls(f"invalid value for '{loc[0]}': expected {_type_name(field.annotation)}, got {got}", loc[0])
         return cls(f"invalid value for '{'.'.join(loc)}': {error['msg']}", loc[0])
+
+
+def _type_name(annotation: object) -> str:
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
 
 
 async def _on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -172,4 +172,3 @@ def now() -> int:
     return int(time.time())
 
 
-FinishReason = Literal["stop", "length", "abort"]

@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 def serve(config: ServerConfig, engine_config: "EngineConfig") -> None:
     """Serve until a signal; returns normally after a clean shutdown."""
     check_port_free(config.host, config.port)
+    logger.info("loading %s (%s weights, device %s)", engine_config.model, engine_config.weights, engine_config.device)
     frontend, app = build_server(config, engine_config)
     server = _Server(frontend, uvicorn_config(app, config))
     with _signals_end_cleanly():

@@ -69,7 +69,7 @@ def write_tokenizer_dir(path: Path, chat_template: str | None = CHATML_TEMPLATE)
     return path
 
 
-def write_tiny_llama(path: Path, vocab_size: int, max_position_embeddings: int = 256) -> Path:
+def write_tiny_llama(path: Path, vocab_size: int, max_position_embeddings: int = 4096) -> Path:
     """A randomly initialised 2-layer Llama checkpoint saved by transformers."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM

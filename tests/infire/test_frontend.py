@@ -68,7 +68,7 @@ def test_stop_string_truncates_output_and_frees_blocks(frontend: Frontend) -> No
 
 def test_abort_mid_stream_frees_blocks(frontend: Frontend) -> None:
     async def scenario() -> str | None:
-        stream = await frontend.submit(frontend.encode_prompt(PROMPT), sampled(200))
+        stream = await frontend.submit(frontend.encode_prompt(PROMPT), sampled(1000))
         async for chunk in stream:
             if chunk.num_output_tokens >= 2 and not chunk.finished:
                 frontend.abort(stream.request_id)

@@ -17,12 +17,20 @@ from tests.infire.frontend_fixtures import ThreadServer, tiny_model_dir
 MODEL = "tiny"
 PROMPT = "Once upon a time there was"
 MAX_MODEL_LEN = 96
+LONG_MAX_MODEL_LEN = 2048
 
 
 @pytest.fixture(scope="module")
 def server():
     # 6 blocks of 16 tokens: one full-length request fits, or three of 32 tokens.
     with ThreadServer(tiny_model_dir(), MODEL, num_kv_blocks=6, max_model_len=MAX_MODEL_LEN) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def long_server():
+    """Room for long requests, so a client can leave while its request is surely running."""
+    with ThreadServer(tiny_model_dir(), MODEL, num_kv_blocks=128, max_model_len=LONG_MAX_MODEL_LEN) as server:
         yield server
 
 
@@ -156,9 +164,10 @@ def test_server_still_serves_after_bad_requests(server, client) -> None:
     wait_idle(server)
 
 
-def test_client_disconnect_mid_stream_frees_kv_blocks(server) -> None:
+def test_client_disconnect_mid_stream_frees_kv_blocks(long_server) -> None:
+    server = long_server
     aborted_before = metric(server, "request_success_total", finish_reason="abort")
-    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 80, "stream": True, "ignore_eos": True}
+    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": LONG_MAX_MODEL_LEN - 100, "stream": True, "ignore_eos": True}
     with httpx.stream("POST", f"{server.base_url}/v1/completions", json=body) as response:
         lines = response.iter_lines()
         next(line for line in lines if line.startswith("data: "))
@@ -167,9 +176,10 @@ def test_client_disconnect_mid_stream_frees_kv_blocks(server) -> None:
     assert metric(server, "request_success_total", finish_reason="abort") == aborted_before + 1
 
 
-def test_client_timeout_on_non_streaming_request_frees_kv_blocks(server) -> None:
+def test_client_timeout_on_non_streaming_request_frees_kv_blocks(long_server) -> None:
+    server = long_server
     aborted_before = metric(server, "request_success_total", finish_reason="abort")
-    body = {"model": MODEL, "prompt": [5] * 4, "max_tokens": MAX_MODEL_LEN - 4, "ignore_eos": True}
+    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": LONG_MAX_MODEL_LEN - 100, "ignore_eos": True}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{server.base_url}/v1/completions", json=body, timeout=httpx.Timeout(5.0, read=0.2))
     wait_idle(server)

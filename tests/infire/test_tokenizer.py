@@ -117,6 +117,12 @@ def test_chat_template_from_jinja_file(tmp_path) -> None:
     assert Tokenizer.from_dir(tmp_path).apply_chat_template([{"role": "user", "content": "x"}]).endswith("assistant\n")
 
 
+def test_chat_template_generation_tag_renders_its_body(tmp_path) -> None:
+    template = "{% for m in messages %}{% generation %}[{{ m.content }}]{% endgeneration %}{% endfor %}"
+    write_tokenizer_dir(tmp_path, chat_template=template)
+    assert Tokenizer.from_dir(tmp_path).apply_chat_template([{"role": "user", "content": "x"}]) == "[x]"
+
+
 def test_missing_chat_template_is_a_request_error(tmp_path) -> None:
     tokenizer = Tokenizer.from_dir(write_tokenizer_dir(tmp_path, chat_template=None))
     with pytest.raises(ChatTemplateError, match="no chat template"):

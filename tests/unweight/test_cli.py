@@ -45,10 +45,10 @@ def cli(capsys, monkeypatch):
 
 
 def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    """Non-zero exit, one `error:` line naming what and where, no traceback."""
+    """Non-zero exit, one `Error:` line naming what and where, no traceback."""
     assert result.returncode != 0, result.stdout
     assert "Traceback" not in result.stderr, result.stderr
-    assert "error:" in result.stderr
+    assert "Error:" in result.stderr
     for fragment in fragments:
         assert fragment in result.stderr, (fragment, result.stderr)
 

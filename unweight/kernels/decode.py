@@ -67,7 +67,7 @@ class DecodeConfig:
     prefix: int = PREFIX_BALLOT
     table: int = TABLE_GLOBAL
     prefetch: bool = True    # PTX prefetch of raw bytes and lane words ahead of use (CUDA only)
-    unroll: int = 2          # steps per loop iteration
+    unroll: int = 4          # steps per loop iteration (the prefetch is issued once an iteration)
 
     def __post_init__(self):
         checks = {"rows": self.rows >= self.num_warps and self.rows & (self.rows - 1) == 0
@@ -425,7 +425,11 @@ class DecodePlan:
             def launch(c: DecodeConfig, table=table, num_items=num_items, num_tiles=num_tiles, planes=planes):
                 return _decode_many_kernel[(num_tiles,)](table, num_items, **_constexprs(c, planes))
 
-            _launch_checked(launch, cfg, planes, batched=True)
+            _launch_checked(launch, _effective_config(cfg, table.device, planes, batched=True), planes, batched=True)
+
+    def configs(self) -> list[DecodeConfig]:
+        """The configuration each launch uses now (one per output width)."""
+        return [_effective_config(cfg, table.device, planes, batched=True) for planes, cfg, table, _, _ in self._groups]
 
 
 def _descriptor_table(items: list[DecodeItem], rows: int) -> tuple[torch.Tensor, int]:
@@ -492,6 +496,12 @@ def _check_args(words, index, table, raw, out, numel_total, steps, dtype, start)
         raise UnweightError(f"decode_lanes: tensors are on {out.device}; the kernel needs a CUDA device "
                             f"(or TRITON_INTERPRET=1 to run it on the CPU)")
     return layout
+
+
+def effective_config(config: DecodeConfig | None, device: torch.device, dtype: str, batched: bool = False) -> DecodeConfig:
+    """The configuration a launch with `config` runs on `device` for `dtype`, after the fallbacks
+    known so far (interpreter: no inline PTX; ballot prefix found unsafe for the compiled layout)."""
+    return _effective_config(config or DEFAULT_CONFIG, torch.device(device), floats.LAYOUTS[dtype].raw_planes, batched)
 
 
 def _effective_config(config: DecodeConfig, device: torch.device, raw_planes: int, batched: bool) -> DecodeConfig:
