@@ -12,14 +12,30 @@ PORT="${INFIRE_PORT:-8765}"
 unweight compress "$SRC" -o "$PACKED" --force
 unweight verify "$PACKED" --against "$SRC"
 
-infire serve --model "$PACKED" --port "$PORT" &
+infire serve --model "$PACKED" --served-model-name smollm2 --port "$PORT" &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null' EXIT
-for _ in $(seq 1 120); do
-    curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break
-    kill -0 $SERVER 2>/dev/null || { echo "infire serve exited early" >&2; exit 1; }
-    sleep 1
-done
-curl -sf "http://127.0.0.1:$PORT/v1/chat/completions" -H 'Content-Type: application/json' \
-    -d '{"model": "smollm2-135m-instruct.uw", "messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 40, "temperature": 0}' \
-    | python -c 'import json, sys; print(json.load(sys.stdin)["choices"][0]["message"]["content"])'
+python - "$PORT" "$SERVER" <<'PY'
+"""Wait for the server, then ask the demo question through the OpenAI-compatible API."""
+import os, sys, time
+import httpx
+
+port, server = sys.argv[1], int(sys.argv[2])
+base = f"http://127.0.0.1:{port}"
+for _ in range(300):
+    try:
+        if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+            break
+    except httpx.HTTPError:
+        pass
+    try:
+        os.kill(server, 0)
+    except OSError:
+        sys.exit("infire serve exited before it was ready")
+    time.sleep(1)
+question = "What is the capital of France?"
+reply = httpx.post(f"{base}/v1/chat/completions", timeout=120, json={
+    "model": "smollm2", "messages": [{"role": "user", "content": question}],
+    "max_tokens": 40, "temperature": 0}).json()
+print(f"user: {question}\nsmollm2 (served packed by infire): {reply['choices'][0]['message']['content']}")
+PY
