@@ -51,17 +51,30 @@ class Timing:
         return f"{self.rate(num_bytes):,.0f} ({rates[0]:,.0f}-{rates[-1]:,.0f})"
 
 
-def time_runs(fn: Callable[[], object], runs: int, warmup: int = 1,
-              before: Callable[[], object] = lambda: None) -> Timing:
-    """Call `fn` `warmup` times untimed, then `runs` times timed; `before` runs, untimed, ahead of each call."""
-    seconds = []
+@dataclass(frozen=True)
+class Case:
+    """One thing to time: `run` is timed, `before` (cleanup, setup) is not."""
+
+    run: Callable[[], object]
+    before: Callable[[], object] = lambda: None
+
+
+def time_interleaved(cases: dict[str, Case], runs: int, warmup: int = 1) -> dict[str, Timing]:
+    """Time every case `runs` times, round-robin, after `warmup` untimed rounds.
+
+    Round-robin rather than one case after another: when other processes share the cores, a
+    burst of load then slows every case of a round alike instead of one case only, which keeps
+    the ratios between cases (figure against baseline) meaningful.
+    """
+    seconds: dict[str, list[float]] = {name: [] for name in cases}
     for i in range(warmup + runs):
-        before()
-        start = time.perf_counter()
-        fn()
-        if i >= warmup:
-            seconds.append(time.perf_counter() - start)
-    return Timing(seconds)
+        for name, case in cases.items():
+            case.before()
+            start = time.perf_counter()
+            case.run()
+            if i >= warmup:
+                seconds[name].append(time.perf_counter() - start)
+    return {name: Timing(s) for name, s in seconds.items()}
 
 
 @dataclass

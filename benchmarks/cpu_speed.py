@@ -1,5 +1,5 @@
 """CPU throughput of `unweight.compress` (MB/s of input) and of CPU decoding (MB/s of output),
-beside zstd -3 on the same bytes, with a profile of where one compress spends its time.
+beside zstd -3 on the same bytes, with a profile of where compress and load spend their time.
 
     python benchmarks/cpu_speed.py                   # SmolLM2-135M + a 256 MB synthetic tensor
     python benchmarks/cpu_speed.py --quick           # a 4 MB synthetic tensor, temp BENCHMARKS.md
@@ -8,11 +8,11 @@ beside zstd -3 on the same bytes, with a profile of where one compress spends it
 from __future__ import annotations
 
 import cProfile
-import os
 import pstats
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +23,8 @@ import unweight
 from unweight.sources import resolve_source
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (MB, Section, Timing, command_line, load_average, markdown_table, parser, publish,  # noqa: E402
-                    save_checkpoint, synthetic_bf16, time_runs)
+from common import (MB, Case, Section, Timing, command_line, load_average, markdown_table, parser,  # noqa: E402
+                    publish, save_checkpoint, synthetic_bf16, time_interleaved)
 
 TITLE = "CPU speed: compress and decode"
 COMPRESS_TARGET = 150.0   # MB/s of input, verification on
@@ -33,7 +33,7 @@ SYNTHETIC_SHAPE = (8192, 16384)   # 128M bf16 weights: 268 MB
 QUICK_SHAPE = (1024, 2048)
 ZSTD_LEVEL = 3
 
-# cProfile entries -> stage of compress they belong to: (file or object name, function name)
+# cProfile entries -> the stage they belong to: (file or object name, function name)
 STAGES = [
     (("lanes.py", "_encode"), "lane encode (numba)"),
     (("lanes.py", "_compact"), "lane encode: compaction (numba)"),
@@ -50,6 +50,7 @@ STAGES = [
     (("_io.BufferedWriter", "write"), "file writes + fsync"),
     (("posix", "fsync"), "file writes + fsync"),
     (("torch._C.TensorBase", "copy_"), "copy into the output tensor"),
+    (("huffman.py", "decode_table"), "build decode tables"),
 ]
 
 
@@ -59,22 +60,36 @@ class Input:
     path: Path          # checkpoint directory
 
 
+# (key, label, bytes it is measured in, target MB/s)
+ROWS = [
+    ("compress", "`unweight.compress` (verification on, the default)", "input", COMPRESS_TARGET),
+    ("compress_no_verify", "`unweight.compress(verify=False)`", "input", None),
+    ("compress_1_thread", "`unweight.compress`, numba held to 1 thread", "input", None),
+    ("zstd_compress", "zstd -3 compress (baseline)", "input", None),
+    ("load", "`unweight.load(backend=\"cpu\")` (reads the packed files)", "output", DECODE_TARGET),
+    ("decode", "`PackedTensor.decode(backend=\"cpu\")` (streams in memory)", "output", DECODE_TARGET),
+    ("decode_1_thread", "`PackedTensor.decode`, numba held to 1 thread", "output", None),
+    ("zstd_decompress", "zstd -3 decompress (baseline)", "output", None),
+]
+
+
 @dataclass
 class SpeedResult:
     name: str
     input_bytes: int            # .safetensors files
     output_bytes: int           # decoded tensor bytes
-    compress: Timing
-    compress_no_verify: Timing
-    zstd_compress: Timing
-    load: Timing
-    decode: Timing
-    zstd_decompress: Timing
+    timings: dict[str, Timing]  # ROWS key -> seconds of each run
+
+    def rate(self, key: str, unit: str) -> float:
+        return self.timings[key].rate(self.input_bytes if unit == "input" else self.output_bytes)
+
+    def rate_range(self, key: str, unit: str) -> str:
+        return self.timings[key].rate_range(self.input_bytes if unit == "input" else self.output_bytes)
 
     def to_dict(self) -> dict:
-        timings = {k: v.seconds for k, v in vars(self).items() if isinstance(v, Timing)}
         return {"name": self.name, "input_bytes": self.input_bytes, "output_bytes": self.output_bytes,
-                "seconds": timings}
+                "seconds": {k: t.seconds for k, t in self.timings.items()},
+                "mb_per_s": {k: self.rate(k, unit) for k, _, unit, _ in ROWS}}
 
 
 def inputs(workdir: Path, quick: bool) -> list[Input]:
@@ -94,21 +109,46 @@ def weight_bytes(path: Path) -> bytes:
     return b"".join((source.root / rel).read_bytes() for rel in source.weight_files)
 
 
+def one_thread(fn: Callable[[], object]) -> Callable[[], object]:
+    """`fn` with numba's parallel loops held to one thread (immune to waiting for a busy core)."""
+    def run() -> None:
+        threads = numba.get_num_threads()
+        numba.set_num_threads(1)
+        try:
+            fn()
+        finally:
+            numba.set_num_threads(threads)
+    return run
+
+
+def compress_case(src: Path, out: Path, **options) -> Case:
+    return Case(lambda: unweight.compress(src, out, **options), before=lambda: shutil.rmtree(out, ignore_errors=True))
+
+
 def measure(item: Input, workdir: Path, runs: int) -> SpeedResult:
     packed = workdir / "packed"
-    remove = lambda: shutil.rmtree(packed, ignore_errors=True)  # noqa: E731 - untimed, before each run
-    compress = time_runs(lambda: unweight.compress(item.path, packed), runs, before=remove)
-    no_verify = time_runs(lambda: unweight.compress(item.path, packed, verify=False), runs, before=remove)
-    load = time_runs(lambda: unweight.load(packed, backend="cpu"), runs)
+    unweight.compress(item.path, packed, verify=False)
     with unweight.open(packed) as reader:
         tensors = [reader.get_packed(name) for name in reader.keys()]
-    decode = time_runs(lambda: [t.decode(backend="cpu") for t in tensors], runs)
+    decode_all = lambda: [t.decode(backend="cpu") for t in tensors]  # noqa: E731
     raw = weight_bytes(item.path)
     frame = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(raw)
-    zstd_c = time_runs(lambda: zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(raw), runs)
-    zstd_d = time_runs(lambda: zstandard.ZstdDecompressor().decompress(frame), runs)
+    out = workdir / "timed"
+    cases = {
+        "compress": compress_case(item.path, out),
+        "compress_no_verify": compress_case(item.path, out, verify=False),
+        "compress_1_thread": Case(one_thread(lambda: unweight.compress(item.path, out)),
+                                  before=lambda: shutil.rmtree(out, ignore_errors=True)),
+        "zstd_compress": Case(lambda: zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(raw)),
+        "load": Case(lambda: unweight.load(packed, backend="cpu")),
+        "decode": Case(decode_all),
+        "decode_1_thread": Case(one_thread(decode_all)),
+        "zstd_decompress": Case(lambda: zstandard.ZstdDecompressor().decompress(frame)),
+    }
+    timings = time_interleaved(cases, runs)
+    shutil.rmtree(out, ignore_errors=True)
     output_bytes = sum(t.numel * t.torch_dtype.itemsize for t in tensors)
-    return SpeedResult(item.name, len(raw), output_bytes, compress, no_verify, zstd_c, load, decode, zstd_d)
+    return SpeedResult(item.name, len(raw), output_bytes, timings)
 
 
 def stage_of(key: tuple) -> str:
@@ -119,18 +159,25 @@ def stage_of(key: tuple) -> str:
     return "other (Python, numpy copies and concatenation, allocation)"
 
 
-def profile_compress(item: Input, workdir: Path) -> list[tuple[str, float, float]]:
-    """(stage, seconds, share of the total) for one compress, by cProfile's own time per function."""
-    packed = workdir / "profiled"
+def profile_stages(fn: Callable[[], object]) -> list[tuple[str, float, float]]:
+    """(stage, seconds, share of the total) of one call, from cProfile's own time per function."""
     profiler = cProfile.Profile()
-    profiler.runcall(unweight.compress, item.path, packed)
-    shutil.rmtree(packed, ignore_errors=True)
+    profiler.runcall(fn)
     stats = pstats.Stats(profiler).stats  # key -> (calls, primitive calls, own time, cumulative, callers)
     totals: dict[str, float] = {}
     for key, (_, _, own, _, _) in stats.items():
         totals[stage_of(key)] = totals.get(stage_of(key), 0.0) + own
     total = sum(totals.values())
     return sorted(((stage, s, s / total) for stage, s in totals.items()), key=lambda row: -row[1])
+
+
+def profiles(item: Input, workdir: Path) -> dict[str, list[tuple[str, float, float]]]:
+    """Where one compress (verification on) and one `unweight.load` of `item` spend their time."""
+    packed = workdir / "profiled"
+    compress = profile_stages(lambda: unweight.compress(item.path, packed))
+    load = profile_stages(lambda: unweight.load(packed, backend="cpu"))
+    shutil.rmtree(packed, ignore_errors=True)
+    return {"compress": compress, "load": load}
 
 
 def target_cell(rates: list[float], target: float) -> str:
@@ -141,27 +188,17 @@ def target_cell(rates: list[float], target: float) -> str:
 
 
 def speed_table(results: list[SpeedResult]) -> str:
-    rows = [
-        ("`unweight.compress` (verification on, the default)", "compress", "input_bytes", COMPRESS_TARGET),
-        ("`unweight.compress(verify=False)`", "compress_no_verify", "input_bytes", None),
-        ("zstd -3 compress (baseline)", "zstd_compress", "input_bytes", None),
-        ("`unweight.load(backend=\"cpu\")` (reads the packed files)", "load", "output_bytes", DECODE_TARGET),
-        ("`PackedTensor.decode(backend=\"cpu\")` (streams in memory)", "decode", "output_bytes", DECODE_TARGET),
-        ("zstd -3 decompress (baseline)", "zstd_decompress", "output_bytes", None),
-    ]
-    headers = ["MB/s, median (min-max)", *(f"{r.name}: {r.input_bytes / MB:,.0f} MB" for r in results),
-               "target"]
-    table = []
-    for label, attr, size_attr, target in rows:
-        cells = [getattr(r, attr).rate_range(getattr(r, size_attr)) for r in results]
-        rates = [getattr(r, attr).rate(getattr(r, size_attr)) for r in results]
-        table.append([label, *cells, target_cell(rates, target) if target else "-"])
-    return markdown_table(headers, table)
+    headers = ["MB/s, median (min-max)", *(f"{r.name}: {r.input_bytes / MB:,.0f} MB" for r in results), "target"]
+    rows = []
+    for key, label, unit, target in ROWS:
+        cells = [r.rate_range(key, unit) for r in results]
+        rows.append([label, *cells, target_cell([r.rate(key, unit) for r in results], target) if target else "-"])
+    return markdown_table(headers, rows)
 
 
-def profile_table(name: str, shares: list[tuple[str, float, float]]) -> str:
-    rows = [[stage, f"{seconds:.2f}", f"{share:.0%}"] for stage, seconds, share in shares]
-    return markdown_table([f"stage of one `unweight.compress` of {name}", "seconds", "share"], rows)
+def profile_table(name: str, what: str, shares: list[tuple[str, float, float]]) -> str:
+    rows = [[stage, f"{seconds:.2f}", f"{share:.0%}"] for stage, seconds, share in shares if share >= 0.005]
+    return markdown_table([f"stage of one {what} of {name}", "seconds", "share"], rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,22 +212,26 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         items = inputs(workdir, args.quick)
         results = [measure(item, workdir, args.runs) for item in items]
-        shares = profile_compress(items[-1], workdir)
+        stages = profiles(items[0], workdir)
+    tables = [speed_table(results), profile_table(items[0].name, "`unweight.compress`", stages["compress"]),
+              profile_table(items[0].name, "`unweight.load(backend=\"cpu\")`", stages["load"])]
     section = Section(
-        TITLE, command_line(), speed_table(results) + "\n" + profile_table(items[-1].name, shares),
+        TITLE, command_line(), "\n".join(tables),
         baseline=f"zstd level {ZSTD_LEVEL} (python-zstandard {zstandard.__version__}, one thread) compressing and "
-                 "decompressing the same .safetensors bytes in memory, timed in the same run",
-        notes=[f"Medians of {args.runs} runs after one warm-up run (numba compiles on first use and caches on "
-               f"disk). MB = 10^6 bytes; compress counts the .safetensors bytes read, decode the tensor bytes "
-               f"produced. numba: {numba.__version__}, threading layer {numba.threading_layer()}, "
-               f"{numba.get_num_threads()} threads. The cores are shared with other processes: 1-minute load "
-               f"average {load_before} at the start and {load_average()} at the end, so single runs vary; "
-               f"see the min-max range.",
-               "The stage table is cProfile's own time per function for one extra compress of the last input, "
-               "grouped by stage (numba kernels appear as the Python functions that launch them)."])
+                 "decompressing the same .safetensors bytes in memory, timed in the same rounds",
+        notes=[f"Medians of {args.runs} rounds after one warm-up round (numba compiles on first use and caches "
+               f"on disk); each round times every row once, in table order. MB = 10^6 bytes; compress counts the "
+               f".safetensors bytes read, decode the tensor bytes produced. numba {numba.__version__}, threading "
+               f"layer {numba.threading_layer()}, {numba.get_num_threads()} threads. The cores are shared with "
+               f"other processes (1-minute load average {load_before} at the start, {load_average()} at the end): "
+               f"a parallel loop waits for its slowest thread, so when another process holds a core the "
+               f"multi-threaded rows slow down far more than the 1-thread rows; see the min-max ranges.",
+               "The stage tables are cProfile's own time per function for one extra call on the first input, "
+               "grouped by stage (a numba kernel's time shows under the Python function that launches it)."])
     publish(args, section, {"runs": args.runs, "load_average": [load_before, load_average()],
                             "inputs": [r.to_dict() for r in results],
-                            "compress_profile": [{"stage": s, "seconds": t, "share": f} for s, t, f in shares]})
+                            "profiles": {what: [{"stage": s, "seconds": t, "share": f} for s, t, f in rows]
+                                         for what, rows in stages.items()}})
     return 0
 
 

@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 import traceback
@@ -356,26 +357,29 @@ def _note_reference(bench: Bench, case: Case) -> None:
                        f"the original")
 
 
-def stage_layer(bench: Bench, cfg, scale: int) -> None:
-    """One Llama-3.1-8B layer: each matrix alone, all seven per launch and batched, against the matmuls."""
-    kd = bench.kd
+def stage_layer(bench: Bench, cfg, scale: int, steps: int, full: bool = True) -> None:
+    """One Llama-3.1-8B layer: each matrix alone (full), a TP row range (full), and the whole layer
+    per launch and batched, against the bf16 matmuls over the same weights."""
     cases = []
     for k, (name, (rows, cols)) in enumerate(LLAMA_8B_LAYER.items()):
         try:
             original = random_normal((rows // scale, cols // scale), "BF16", bench.device, seed=10 + k)
-            cases.append(encode_case(f"8B {name} {rows // scale}x{cols // scale}", original, bench.steps))
+            cases.append(encode_case(f"8B {name} {rows // scale}x{cols // scale} steps={steps}", original, steps))
         except Exception as e:  # noqa: BLE001
             bench.notes.append(f"layer matrix {name} could not be prepared: {e}")
-    for case in cases:
-        decode_case(bench, case, cfg)
-    if len(cases) == len(LLAMA_8B_LAYER):
-        layer_costs(bench, cases, cfg)
+    if full:
+        for case in cases:
+            decode_case(bench, case, cfg)
+    if len(cases) != len(LLAMA_8B_LAYER):
+        return
+    layer_costs(bench, cases, cfg, f"8B layer (7 matrices) steps={steps}")
+    if full:
         gate = cases[4]
         half = gate.shape[0] // 2 * gate.shape[1]
         decode_case(bench, gate, cfg, half, gate.numel, label=f"{gate.name} rows [{gate.shape[0] // 2}, end) (TP=2)")
 
 
-def layer_costs(bench: Bench, cases: list, cfg) -> None:
+def layer_costs(bench: Bench, cases: list, cfg, label: str) -> None:
     """The seven matrices of a layer: decode (7 launches / 1 batched launch) against the bf16 matmuls.
 
     Each is timed as issued from Python and replayed from a CUDA graph: the first includes the
@@ -388,7 +392,6 @@ def layer_costs(bench: Bench, cases: list, cfg) -> None:
     items = [c.item(kd, out) for c, out in zip(cases, outs)]
     weights = [c.original for c in cases]
     xs = [torch.randn(1, w.shape[1], device=bench.device, dtype=torch.bfloat16) for w in weights]
-    label = "8B layer (7 matrices)"
 
     def exact() -> str:
         return "; ".join(filter(None, (first_mismatch(o, c.reference) for o, c in zip(outs, cases))))
@@ -547,6 +550,12 @@ def machine(device: torch.device) -> dict:
         props = torch.cuda.get_device_properties(device)
         info.update(gpu=torch.cuda.get_device_name(device), sms=props.multi_processor_count,
                     memory_gib=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda)
+        try:
+            query = ["nvidia-smi", "--query-gpu=clocks.max.sm,clocks.max.mem,power.limit", "--format=csv,noheader"]
+            info["nvidia_smi"] = subprocess.run(query, capture_output=True, text=True, timeout=20).stdout.strip()
+            info["max_sm_mhz"] = float(info["nvidia_smi"].split(",")[0].split()[0])
+        except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+            pass
     return info
 
 
@@ -562,6 +571,11 @@ def report(bench: Bench, info: dict) -> str:
         lines.append(f"- best on the 67M bf16 tensor: {best.variant}: {best.out_gbs():,.0f} GB/s of bf16 output "
                      f"({best.ms * 1e3:,.1f} us), {best.out_gbs() / DFLOAT11_H100_GBS:.1f}x DFloat11's "
                      f"{DFLOAT11_H100_GBS:.0f} GB/s (MEASURE.md, H100), target {TARGET_GBS:,.0f} GB/s")
+    if best and bench.copy_gbs and info.get("sms") and info.get("max_sm_mhz"):
+        per_clk = best.numel / (best.ms * 1e-3) / (info["sms"] * info["max_sm_mhz"] * 1e6)
+        lines.append(f"- that is {per_clk:.2f} weights per SM per clock at the maximum SM clock "
+                     f"({info['max_sm_mhz']:.0f} MHz, {info['sms']} SMs) and "
+                     f"{best.moved_gbs() / bench.copy_gbs:.0%} of the copy bandwidth in bytes read + written")
     failures = [r for r in bench.results if r.status != "ok"]
     lines.append(f"- {len(bench.results)} results, {len(failures)} not ok"
                  + ("".join(f"\n  - {r.case} / {r.variant}: {r.status} {r.detail}" for r in failures)))
@@ -583,7 +597,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--budget-s", type=float, default=420.0, help="stop sweeping variants after this many seconds")
     p.add_argument("--steps-sweep", type=int, nargs="*", default=[256, 512],
                    help="other values of steps to encode the main tensor with (best two variants each)")
-    p.add_argument("--skip", nargs="*", default=[], choices=["layer", "dtypes", "minilm"], help="stages to skip")
+    p.add_argument("--layer-steps", type=int, nargs="*", default=[256],
+                   help="other values of steps to time the whole 8B layer with (batched launch and matmuls)")
+    p.add_argument("--skip", nargs="*", default=[], choices=["layer", "layer-steps", "dtypes", "minilm"],
+                   help="stages to skip")
     return p.parse_args(argv)
 
 
@@ -608,14 +625,16 @@ def main(argv=None) -> int:
     main_shape = MAIN_SHAPE if not args.quick else ((1024, 1024) if device.type == "cuda" else (64, 512))
     scale = 1 if not args.quick else (8 if device.type == "cuda" else 64)
     if device.type != "cuda":
-        args.steps_sweep = [4]
+        args.steps_sweep, args.layer_steps = [4], [4]
         args.skip = [*args.skip, "minilm"]
     measure_copy(bench)
     stage_main(bench, configs, main_shape)
     best = best_configs(bench, bench.main_name, 1)
     cfg = best[0] if best else kd.DEFAULT_CONFIG
     bench.notes.append(f"configuration used for the other cases: {variant_name(cfg)}")
-    stages = {"layer": lambda: stage_layer(bench, cfg, scale),
+    stages = {"layer": lambda: stage_layer(bench, cfg, scale, bench.steps),
+              "layer-steps": lambda: [stage_layer(bench, cfg, scale, steps, full=False)
+                                      for steps in args.layer_steps if steps != bench.steps and not bench.over_budget()],
               "dtypes": lambda: stage_dtypes(bench, cfg, (4096 // scale, 4096 // scale)),
               "minilm": lambda: stage_minilm(bench, cfg)}
     for name, stage in stages.items():

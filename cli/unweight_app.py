@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -43,12 +45,9 @@ def compress(
     import unweight
     from unweight.sources import resolve_source
 
-    total = _weight_bytes(resolve_source(src))
-    with _progress("compressing") as (progress, task):
-        progress.update(task, total=total)
+    with _progress("compressing", _weight_bytes(resolve_source(src))) as advance:
         report = unweight.compress(src, output, force=force, verify=not no_verify,
-                                   shard_bytes=shard_size * 1024 * 1024,
-                                   progress=lambda n: progress.advance(task, n))
+                                   shard_bytes=shard_size * 1024 * 1024, progress=advance)
     console.print(_savings_table(report))
     for name in report.skipped:
         console.print(f"[yellow]skipped pickle file {name} (safetensors weights are present)[/]")
@@ -63,14 +62,10 @@ def verify(
     backend: Backend = None,
 ) -> None:
     """Decode every tensor and check its SHA-256 (and equality with --against)."""
-    from unweight.reader import PackedReader
     from unweight.verify import verify as run_verify
 
-    total = sum(t.original_bytes for t in PackedReader(packed).manifest.tensors.values())
-    with _progress("verifying") as (progress, task):
-        progress.update(task, total=total)
-        report = run_verify(packed, against, device=device, backend=backend,
-                            progress=lambda n: progress.advance(task, n))
+    with _progress("verifying", _packed_bytes(packed)) as advance:
+        report = run_verify(packed, against, device=device, backend=backend, progress=advance)
     console.print(f"[green]OK[/] {report.checked} tensors match" + (f" {against}" if against else " their SHA-256"))
 
 
@@ -84,13 +79,9 @@ def decompress(
 ) -> None:
     """Rebuild the original files, byte-identical (checked against their recorded SHA-256)."""
     from unweight.decompress import decompress as run_decompress
-    from unweight.reader import PackedReader
 
-    total = sum(t.original_bytes for t in PackedReader(packed).manifest.tensors.values())
-    with _progress("decompressing") as (progress, task):
-        progress.update(task, total=total)
-        files = run_decompress(packed, output, force=force, backend=backend,
-                               progress=lambda n: progress.advance(task, n))
+    with _progress("decompressing", _packed_bytes(packed)) as advance:
+        files = run_decompress(packed, output, force=force, backend=backend, progress=advance)
     console.print(f"[green]OK[/] rebuilt {len(files)} weight file(s) in {output}")
 
 
@@ -121,21 +112,21 @@ def _weight_bytes(source) -> int:
     return sum((source.root / f).stat().st_size for f in source.weight_files)
 
 
-class _progress:
-    """A byte-counting progress bar on stderr."""
+def _packed_bytes(packed: Path) -> int:
+    """Original bytes of every tensor of a packed directory (the progress bar's total)."""
+    from unweight.reader import PackedReader
 
-    def __init__(self, label: str):
-        self.bar = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                            TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
-                            transient=True)
-        self.label = label
+    return sum(t.original_bytes for t in PackedReader(packed).manifest.tensors.values())
 
-    def __enter__(self):
-        self.bar.__enter__()
-        return self.bar, self.bar.add_task(self.label, total=None)
 
-    def __exit__(self, *exc):
-        return self.bar.__exit__(*exc)
+@contextmanager
+def _progress(label: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A byte-counting progress bar on stderr; yields the function that advances it."""
+    bar = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                   TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+    with bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)
 
 
 def _savings_table(report) -> Table:

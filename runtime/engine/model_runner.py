@@ -1,6 +1,9 @@
 """ModelRunner: one rank's model shard, its KV cache and the sampler; turns a
 scheduled batch into input tensors, runs the model and samples.
 
+On CUDA, decode steps replay CUDA graphs (cuda_graph.py) captured at start-up;
+prefill and mixed steps, and everything on CPU, run eagerly.
+
 Tensor/pipeline parallelism will run one ModelRunner per rank (tp_size/tp_rank
 are passed to the model); today the engine creates a single runner.
 """
@@ -8,16 +11,19 @@ are passed to the model); today the engine creates a single runner.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
 from infire.engine.attention import AttentionBatch
-from infire.engine.config import EngineConfig
+from infire.engine.config import DEFAULT_MAX_MODEL_LEN_CAP, EngineConfig
+from infire.engine.cuda_graph import DecodeGraphs, DecodeInputs
 from infire.engine.kv_cache import KVCache, kv_block_bytes
 from infire.engine.sampler import Sampler
 from infire.engine.scheduler import ScheduledSequence
-from infire.errors import ConfigError
+from infire.errors import ConfigError, InfireError
 from infire.model.config import ModelConfig
 from infire.model.loader import load_model, random_model
 
@@ -51,12 +57,55 @@ class ModelRunner:
             self.loaded = load_model(model_config, config.model, self.device, dtype, config.weights, tp_size, tp_rank)
         self.model = self.loaded.model
         self.dtype = dtype
+        self.ops_backend = self._resolve_ops_backend()
+        self.model.set_ops_backend(self.ops_backend)
         self.sampler = Sampler(self.device, config.seed)
         self.num_kv_blocks = config.num_kv_blocks or self._auto_num_kv_blocks()
-        self.kv_cache = KVCache(model_config, self.num_kv_blocks, self.block_size, dtype, self.device, tp_size)
+        # one block more than the block manager hands out: the padding rows of graph batches use it
+        self.pad_block = self.num_kv_blocks
+        self.kv_cache = KVCache(model_config, self.num_kv_blocks + 1, self.block_size, dtype, self.device, tp_size)
         self.kv_cache.bind(self.model)
         log.info("KV cache: %d blocks of %d tokens (%.1f MiB)", self.num_kv_blocks, self.block_size,
                  self.kv_cache.nbytes / 2**20)
+        self.graphs = self._capture_graphs() if config.uses_cuda_graphs else None
+
+    def _resolve_ops_backend(self) -> str:
+        """The configured ops backend; "auto" drops to torch ops if the fused kernels fail their check."""
+        backend = self.config.resolved_ops_backend()
+        if backend != "triton" or self.device.type != "cuda":
+            return backend
+        from infire.model.triton_ops import check_fused_ops
+
+        problem = check_fused_ops(self.model_config, self.device, self.dtype, self.tp_size)
+        if problem is None:
+            return backend
+        if self.config.ops_backend == "triton":
+            raise InfireError(f"ops_backend='triton': {problem}; set ops_backend='torch' to run without them")
+        log.warning("fused Triton ops disabled, using torch ops: %s", problem)
+        return "torch"
+
+    def _capture_graphs(self) -> DecodeGraphs:
+        sizes = self.config.graph_batch_sizes
+        max_model_len = min(self.model_config.max_model_len, self.config.max_model_len or DEFAULT_MAX_MODEL_LEN_CAP,
+                            self.num_kv_blocks * self.block_size)
+        inputs = DecodeInputs(sizes[-1], -(-max_model_len // self.block_size), self.block_size, self.pad_block,
+                              self.device)
+        graphs = DecodeGraphs(self.model, inputs, sizes, self.model_config.vocab_size, self.attention_backend)
+        try:
+            graphs.capture()
+        except Exception as exc:
+            raise InfireError(f"CUDA graph capture of decode steps failed ({exc!r}); "
+                              "set enforce_eager=True to run without graphs") from exc
+        return graphs
+
+    @contextmanager
+    def eager_mode(self) -> Iterator[None]:
+        """Run every step eagerly inside the block (to compare against graph replay)."""
+        graphs, self.graphs = self.graphs, None
+        try:
+            yield
+        finally:
+            self.graphs = graphs
 
     # ------------------------------------------------------------------ memory
 
@@ -66,10 +115,11 @@ class ModelRunner:
             budget = self._cuda_kv_budget()
         else:
             budget = self.config.kv_cache_bytes
-        num_blocks = budget // block_bytes
+        num_blocks = budget // block_bytes - 1  # less the padding block
         if num_blocks < 1:
             raise ConfigError(
-                f"the KV cache budget ({budget} bytes) holds no block of {block_bytes} bytes; raise "
+                f"the KV cache budget ({budget} bytes) holds fewer than 2 blocks of {block_bytes} bytes (one is "
+                "kept for padding); raise "
                 "gpu_memory_utilization/kv_cache_bytes, or set num_kv_blocks"
             )
         return num_blocks
@@ -151,6 +201,10 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, scheduled: list[ScheduledSequence]) -> list[int | None]:
         """One forward pass; returns a token per scheduled sequence (None: prefill not done)."""
+        if self.graphs is not None and self.graphs.can_run(scheduled):
+            logits = self.graphs.run(scheduled)  # [N, vocab]: every sequence samples
+            seqs = [item.seq for item in scheduled]
+            return self.sampler(logits, [s.params for s in seqs], [s.generator for s in seqs])
         inputs = self.prepare(scheduled)
         hidden = self.model(inputs.input_ids, inputs.positions, inputs.batch)  # [T, hidden]
         sampling = [item for item in scheduled if item.samples]

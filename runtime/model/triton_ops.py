@@ -228,3 +228,72 @@ def _check_rows(name: str, t: torch.Tensor) -> None:
 def _check_device(name: str, *tensors: torch.Tensor) -> None:
     if not _interpreted() and not all(t.is_cuda for t in tensors):
         raise InfireError(f"{name}: the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1)")
+
+
+# ---------------------------------------------------------------------------- start-up check
+
+
+def check_fused_ops(config, device: torch.device, dtype: torch.dtype, tp_size: int = 1) -> str | None:
+    """Run each kernel once at the model's sizes against the torch ops it replaces.
+
+    Returns None when all agree (rotary + KV store bit for bit, the others within a
+    rounding step), else what failed: a kernel that does not compile or disagrees.
+    """
+    checks = {"rms_norm": _check_rms_norm, "rotary_store_kv": _check_rotary, "silu_and_mul": _check_silu}
+    gen = torch.Generator(device=device).manual_seed(0)
+    for name, check in checks.items():
+        try:
+            check(config, device, dtype, tp_size, gen)
+        except Exception as exc:  # noqa: BLE001 - any failure (compiler, launch, mismatch) disables the kernels
+            return f"the {name} kernel failed its check ({exc!r})"
+    return None
+
+
+def _random(shape, dtype, device, gen) -> torch.Tensor:
+    return torch.randn(shape, generator=gen, device=device, dtype=torch.float32).to(dtype)
+
+
+def _check_rms_norm(config, device, dtype, tp_size, gen) -> None:
+    from infire.model.layers import RMSNorm
+
+    norm = RMSNorm(config.hidden_size, config.rms_norm_eps).to(device=device, dtype=dtype)
+    norm.weight.data = 1 + 0.1 * _random(config.hidden_size, dtype, device, gen)
+    x, residual = (_random((3, config.hidden_size), dtype, device, gen) for _ in range(2))
+    out, h = rms_norm(x, norm.weight, norm.eps, residual)
+    expected_out, expected_h = norm(x, residual)
+    if not torch.equal(h, expected_h):
+        raise InfireError("the residual sum differs from torch's")
+    torch.testing.assert_close(out, expected_out)
+    torch.testing.assert_close(rms_norm(x, norm.weight, norm.eps), norm(x))
+
+
+def _check_rotary(config, device, dtype, tp_size, gen) -> None:
+    from infire.engine.attention import store_kv
+    from infire.model.layers import RotaryEmbedding, apply_rotary
+
+    heads, kv_heads, head_dim = config.num_attention_heads // tp_size, config.num_key_value_heads // tp_size, config.head_dim
+    rotary = RotaryEmbedding(head_dim, config.rope)
+    rotary.reset_parameters(device)
+    cos, sin = rotary(torch.tensor([0, 5, 4000], device=device), dtype)
+    qkv = _random((3, (heads + 2 * kv_heads) * head_dim), dtype, device, gen)
+    q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
+    expected_q = apply_rotary(q.reshape(3, heads, head_dim), cos, sin)
+    expected_k = apply_rotary(k.reshape(3, kv_heads, head_dim), cos, sin)
+    k_cache = torch.zeros(2, 16, kv_heads, head_dim, dtype=dtype, device=device)
+    v_cache, expected_k_cache, expected_v_cache = (torch.zeros_like(k_cache) for _ in range(3))
+    slots = torch.tensor([17, -1, 3], device=device)
+    store_kv(expected_k[[0, 2]], v.reshape(3, kv_heads, head_dim)[[0, 2]], expected_k_cache, expected_v_cache,
+             slots[[0, 2]])
+    out_q = rotary_store_kv(qkv, cos, sin, k_cache, v_cache, slots, heads, kv_heads)
+    for what, got, expected in (("q", out_q, expected_q), ("k cache", k_cache, expected_k_cache),
+                                ("v cache", v_cache, expected_v_cache)):
+        if not torch.equal(got, expected):
+            raise InfireError(f"rotated {what} differs from torch's")
+
+
+def _check_silu(config, device, dtype, tp_size, gen) -> None:
+    import torch.nn.functional as F
+
+    x = 3 * _random((3, 2 * config.intermediate_size // tp_size), dtype, device, gen)
+    gate, up = x.chunk(2, dim=-1)
+    torch.testing.assert_close(silu_and_mul(x), F.silu(gate) * up)

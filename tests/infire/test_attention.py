@@ -1,6 +1,7 @@
 """Paged attention: the torch path against dense causal attention, and the Triton
-kernel (under TRITON_INTERPRET=1, in a subprocess so the flag is set before Triton
-is imported) against the torch path."""
+kernels (under TRITON_INTERPRET=1, in a subprocess so the flag is set before Triton
+is imported) against the torch path: attention, and the fused RMSNorm, rotary + KV
+store and SiLU-and-mul of ops_backend="triton"."""
 
 from __future__ import annotations
 
@@ -120,17 +121,83 @@ def test_triton_kernel_matches_reference_under_interpreter():
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
 
 
+OPS_SCRIPT = textwrap.dedent("""
+    import torch
+    import torch.nn.functional as F
+    from infire.engine.attention import store_kv
+    from infire.model.config import parse_model_config
+    from infire.model.layers import RMSNorm, RotaryEmbedding, apply_rotary
+    from infire.model.triton_ops import check_fused_ops, rms_norm, rotary_store_kv, silu_and_mul
+
+    def same_bits(a, b):
+        return a.dtype == b.dtype and torch.equal(a.view(torch.int16 if a.element_size() == 2 else torch.int32),
+                                                  b.view(torch.int16 if b.element_size() == 2 else torch.int32))
+
+    gen = torch.Generator().manual_seed(0)
+    # (the interpreter rounds bfloat16 by truncation, so fp16 stands in for the half-precision case)
+    for dtype in (torch.float32, torch.float16):
+        num_tokens, hidden, heads, kv_heads, head_dim, block_size = 5, 96, 6, 2, 16, 4
+        x, residual = (torch.randn(num_tokens, hidden, generator=gen).to(dtype) for _ in range(2))
+        norm = RMSNorm(hidden, 1e-5).to(dtype)
+        norm.weight.data = (1 + 0.2 * torch.randn(hidden, generator=gen)).to(dtype)
+        out, h = rms_norm(x, norm.weight, norm.eps, residual)
+        expected_out, expected_h = norm(x, residual)
+        assert same_bits(h, expected_h)
+        torch.testing.assert_close(out, expected_out)
+        torch.testing.assert_close(rms_norm(x, norm.weight, norm.eps), norm(x))
+
+        config = parse_model_config(dict(
+            architectures=["LlamaForCausalLM"], vocab_size=8, hidden_size=hidden, intermediate_size=40,
+            num_hidden_layers=1, num_attention_heads=heads, num_key_value_heads=kv_heads,
+            max_position_embeddings=64), {})
+        assert check_fused_ops(config, torch.device("cpu"), dtype) is None  # the engine's start-up check
+        rotary = RotaryEmbedding(head_dim, config.rope)
+        rotary.reset_parameters(torch.device("cpu"))
+        cos, sin = rotary(torch.tensor([0, 3, 7, 11, 2]), dtype)
+        qkv = torch.randn(num_tokens, (heads + 2 * kv_heads) * head_dim, generator=gen).to(dtype)
+        q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
+        expected_q = apply_rotary(q.reshape(num_tokens, heads, head_dim), cos, sin)
+        expected_k = apply_rotary(k.reshape(num_tokens, kv_heads, head_dim), cos, sin)
+        slots = torch.tensor([3, 7, -1, 12, 19])  # -1: nothing is stored
+        k_cache, v_cache = (torch.zeros(5, block_size, kv_heads, head_dim, dtype=dtype) for _ in range(2))
+        expected_k_cache, expected_v_cache = k_cache.clone(), v_cache.clone()
+        stored = slots >= 0
+        store_kv(expected_k[stored], v.reshape(num_tokens, kv_heads, head_dim)[stored], expected_k_cache,
+                 expected_v_cache, slots[stored])
+        out_q = rotary_store_kv(qkv, cos, sin, k_cache, v_cache, slots, heads, kv_heads)
+        assert same_bits(out_q, expected_q) and out_q.data_ptr() == qkv.data_ptr()
+        assert same_bits(k_cache, expected_k_cache) and same_bits(v_cache, expected_v_cache)
+
+        gate_up = 3 * torch.randn(num_tokens, 2 * 200, generator=gen).to(dtype)
+        gate, up = gate_up.chunk(2, dim=-1)
+        torch.testing.assert_close(silu_and_mul(gate_up), F.silu(gate) * up)
+    print("ok")
+""")
+
+
+def test_fused_ops_match_torch_under_interpreter():
+    result = run_interpreted(OPS_SCRIPT)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
 ENGINE_SCRIPT = textwrap.dedent("""
     import sys
     from infire.engine import EngineConfig, LLMEngine, SamplingParams
+    from infire.engine.cuda_graph import DecodeGraphs, DecodeInputs
     params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
-    prompts = [[5, 17, 99, 3, 250, 42, 7], [11, 12, 13]]
+    prompts = [[5, 17, 99, 3, 250, 42, 7], [11, 12, 13], [200, 100, 50]]
     tokens = {}
-    for backend in ("torch", "triton"):
+    for attention, ops, padded in (("torch", "torch", False), ("triton", "torch", False),
+                                   ("triton", "triton", False), ("triton", "triton", True)):
         engine = LLMEngine(EngineConfig(model=sys.argv[1], device="cpu", num_kv_blocks=16, block_size=4,
-                                        max_num_batched_tokens=5, max_num_seqs=2, attention_backend=backend))
-        tokens[backend] = engine.generate(prompts, params)
-    assert tokens["torch"] == tokens["triton"], tokens
+                                        max_num_batched_tokens=5, max_num_seqs=3, attention_backend=attention,
+                                        ops_backend=ops))
+        if padded:  # decode steps through the static inputs of CUDA graphs, padded to 4 rows
+            runner = engine.runner
+            inputs = DecodeInputs(4, 16, 4, runner.pad_block, runner.device)
+            runner.graphs = DecodeGraphs(runner.model, inputs, (4,), engine.model_config.vocab_size, "triton")
+        tokens[attention, ops, padded] = engine.generate(prompts, params)
+    assert len(set(map(str, tokens.values()))) == 1, tokens
     print("ok")
 """)
 

@@ -222,3 +222,93 @@ def test_triton_attention_on_cpu_needs_the_interpreter(llama_dir, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ConfigError, match="attention_backend"):
         make_engine(llama_dir, attention_backend="triton")
+
+
+# ---------------------------------------------------------------------------- padded decode batches (CUDA graphs)
+
+
+def padded_decode(engine, batch_sizes: tuple[int, ...], backend: str = "torch"):
+    """Route decode steps through the static, padded inputs that CUDA graphs replay from. On the CPU
+    nothing is captured, so each step runs the same padded forward pass eagerly."""
+    from infire.engine.cuda_graph import DecodeGraphs, DecodeInputs
+
+    runner = engine.runner
+    max_blocks = -(-engine.model_config.max_model_len // runner.block_size)
+    inputs = DecodeInputs(max(batch_sizes), max_blocks, runner.block_size, runner.pad_block, runner.device)
+    runner.graphs = DecodeGraphs(runner.model, inputs, batch_sizes, engine.model_config.vocab_size, backend)
+    return runner.graphs
+
+
+def test_padded_decode_steps_give_the_same_tokens(llama_dir, alone):
+    engine = make_engine(llama_dir)
+    graphs = padded_decode(engine, (2, 8))
+    steps, run = [], graphs.run
+
+    def counted(scheduled):
+        steps.append(len(scheduled))
+        return run(scheduled)
+
+    graphs.run = counted
+    engine.add_request("a", PROMPTS["a"], GREEDY)
+    tokens = {rid: [] for rid in PROMPTS}
+    joins = {2: "b", 3: "c", 6: "d"}  # step index -> request that joins before it (a prefill: an eager step)
+    step = 0
+    while engine.has_unfinished_requests() or joins:
+        if step in joins:
+            rid = joins.pop(step)
+            engine.add_request(rid, PROMPTS[rid], GREEDY)
+        for out in engine.step():
+            tokens[out.request_id] += out.new_token_ids
+        step += 1
+    assert tokens == alone
+    assert {1, 2, 3, 4} <= set(steps)  # padded to 2, 2, 8 and 8 rows
+
+
+def test_padding_rows_write_only_the_padding_block(llama_dir):
+    engine = make_engine(llama_dir)
+    graphs = padded_decode(engine, (4,))
+    for rid in "abc":
+        engine.add_request(rid, PROMPTS[rid], GREEDY)
+    engine.step()  # the three prefills, each sampling its first token
+    new_token_slots = {engine.block_manager.slot(seq, seq.num_tokens - 1) for seq in engine.scheduler.running}
+    cache = engine.runner.kv_cache
+    before = cache.data.clone()
+    engine.step()  # one decode step of three sequences in four rows
+    assert graphs.inputs.slot_mapping[3] == graphs.inputs.pad_slot
+    written = (cache.data != before).any(dim=5).any(dim=4).any(dim=1).any(dim=0).flatten()  # [blocks * block_size]
+    slots = set(written.nonzero().flatten().tolist())
+    pad_slots = set(range(engine.runner.pad_block * cache.block_size, (engine.runner.pad_block + 1) * cache.block_size))
+    assert slots - pad_slots == new_token_slots and slots & pad_slots
+    for rid in "abc":
+        engine.abort_request(rid)
+
+
+def test_padding_block_is_never_handed_out(llama_dir):
+    engine = make_engine(llama_dir, num_kv_blocks=10)
+    assert engine.runner.pad_block == 10 and engine.runner.kv_cache.num_blocks == 11
+    assert engine.stats().num_kv_blocks_total == 10
+    engine.add_request("c", PROMPTS["c"] * 2, SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))
+    engine.step()
+    assert max(engine.scheduler.running[0].block_table) < 10
+
+
+def test_cuda_graph_settings():
+    from infire.engine import EngineConfig
+
+    config = EngineConfig(model="/m", max_num_seqs=100, max_num_batched_tokens=128)
+    assert config.graph_batch_sizes == (1, 2, 4, 8, 16, 24, 32, 48, 64, 80, 96, 100)
+    assert EngineConfig.from_dict({"model": "/m", "cuda_graph_batch_sizes": [8, 1]}).graph_batch_sizes == (1, 8)
+    assert not EngineConfig(model="/m", device="cpu").uses_cuda_graphs
+    for sizes in ([], [0], [300], ["4"], [True]):
+        with pytest.raises(ConfigError, match="cuda_graph_batch_sizes"):
+            EngineConfig(model="/m", cuda_graph_batch_sizes=sizes)
+    with pytest.raises(ConfigError, match="enforce_eager"):
+        EngineConfig(model="/m", enforce_eager="yes")
+    with pytest.raises(ConfigError, match="ops_backend"):
+        EngineConfig(model="/m", ops_backend="cuda")
+
+
+def test_fused_ops_on_cpu_need_the_interpreter(llama_dir, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ConfigError, match="ops_backend"):
+        make_engine(llama_dir, ops_backend="triton")

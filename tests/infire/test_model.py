@@ -185,3 +185,24 @@ def test_dense_memory_counts_tied_embedding_once(tiny_model_dir):
     per_layer = hidden * (hidden + 2 * kv * head_dim) + hidden * hidden + 3 * hidden * inter + 2 * hidden
     expected = 4 * (vocab * hidden + raw["num_hidden_layers"] * per_layer + hidden)
     assert engine.weights_memory_bytes() == expected
+
+
+@pytest.mark.parametrize("variant", ["llama", "llama_bias", "qwen3"])
+def test_stacked_projections_match_separate_ones_bit_for_bit(tiny_model_dir, monkeypatch, variant):
+    """q/k/v and gate/up run as one matmul over stacked weights; each output column is the same
+    dot product as in a matmul of its own weight, so the logits are the same bits."""
+    import torch.nn.functional as F
+
+    from infire.model.layers import ColumnParallelLinear
+
+    engine = make_engine(tiny_model_dir(variant))
+    stacked = engine.compute_logits(PROMPT)
+
+    def one_matmul_per_shard(self, x):
+        rows = [self.shard_rows(i) for i in range(len(self.shard_sizes))]
+        return torch.cat([F.linear(x, self.weight[a:b], None if self.bias is None else self.bias[a:b])
+                          for a, b in rows], dim=-1)
+
+    monkeypatch.setattr(ColumnParallelLinear, "forward", one_matmul_per_shard)
+    separate = engine.compute_logits(PROMPT)
+    assert torch.equal(stacked.view(torch.int32), separate.view(torch.int32))

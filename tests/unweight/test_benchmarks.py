@@ -82,7 +82,10 @@ def test_write_section_creates_the_file_with_an_intro(tmp_path):
     assert "## X\n\n- Command: `python benchmarks/x.py`\n- Machine: m\n- Date: 2026-01-01\n- Baseline: none" in text
 
 
-def test_median_timing_skips_the_warmup():
+def test_interleaved_timing_runs_round_robin_after_the_warmup():
     calls = []
-    timing = common.time_runs(lambda: calls.append(1), runs=3, warmup=2)
-    assert len(calls) == 5 and len(timing.seconds) == 3
+    cases = {name: common.Case(lambda name=name: calls.append(name), before=lambda: calls.append("setup"))
+             for name in ("a", "b")}
+    timings = common.time_interleaved(cases, runs=2, warmup=1)
+    assert calls == ["setup", "a", "setup", "b"] * 3
+    assert [len(t.seconds) for t in timings.values()] == [2, 2]

@@ -1,22 +1,23 @@
 """Triton decoder for the interleaved-lane bitstream: packed streams -> bf16/fp16/fp32 weights on the GPU.
 
-One warp decodes one block: thread j of the warp is lane j, and the whole warp advances
-one step (one symbol per lane) at a time, so a step's 32 outputs are neighbours in memory.
-A program holds ROWS blocks as a [ROWS, LANES] tile; rows are independent dependency
-chains, so a thread with several rows overlaps their memory latencies.
+One warp decodes one block: thread j of the warp is lane j, and the whole warp advances one
+step (one symbol a lane) at a time, so the 32 outputs of a step are neighbours in memory and
+the words the refilling lanes take are neighbours in the stream. A program decodes ROWS
+blocks as a [ROWS, LANES] tile, one row per warp (or several per thread with the scan prefix).
 
-Bit layouts (see unweight/codec/lanes.py and floats.py):
+Per lane and step (see unweight/codec/lanes.py for the encoder's side):
 
-    lane buffer  uint32, MSB-aligned: bit 31 is the next unread bit; `nbits` are valid.
-                 refill (nbits < 12):  buf |= word << (16 - nbits); nbits += 16
-                 decode:               entry = table[buf >> 20]; buf <<= entry >> 8
-    table entry  int16: symbol | length << 8            (length 1..12)
-    bf16 / fp16  raw = s << 7 | bits 0..6               value = (raw & 0x80) << 8 | sym << 7 | raw & 0x7F
-    fp32         planes p0 = bits 0..7, p1 = bits 8..15, p2 = s << 7 | bits 16..22
-                 value = (p2 & 0x80) << 24 | sym << 23 | (p2 & 0x7F) << 16 | p1 << 8 | p0
+    buf      uint32, MSB-aligned bits; room = 16 - (bits buffered), the shift that puts the
+             next word right behind them
+    refill   if room > 4 (fewer than 12 bits): buf |= word << room; room -= 16, where the
+             word is stream[base + number of refilling lanes before this one]
+    decode   entry = table[buf >> 20] (int16: symbol | length << 8); buf <<= length; room += length
+    merge    bf16/fp16: raw = s << 7 | bits 0..6          value = (raw & 0x80) << 8 | sym << 7 | raw & 0x7F
+             fp32: p0 = bits 0..7, p1 = bits 8..15, p2 = s << 7 | bits 16..22
+                   value = (p2 & 0x80) << 24 | sym << 23 | (p2 & 0x7F) << 16 | p1 << 8 | p0
 
-Triton is imported by this module; `unweight.kernels` itself imports nothing, so the
-rest of unweight works without it.
+Variants (DecodeConfig) are swept by benchmarks/gpu_decode.py. Triton is imported by this
+module; `unweight.kernels` itself imports nothing, so the rest of unweight works without it.
 """
 
 from __future__ import annotations
@@ -181,6 +182,8 @@ def _merge(entry, raw_at, plane_stride, write, RAW_PLANES: tl.constexpr, MASKED:
 
 @triton.jit
 def _load(ptr, mask, MASKED: tl.constexpr):
+    # no eviction hints on these streaming accesses: with them the loop needs ~20% more
+    # instructions (an L2 cache-policy operand on every access), and L1 keeps the table anyway
     if MASKED:
         value = tl.load(ptr, mask=mask, other=0)
     else:
@@ -513,7 +516,7 @@ def _effective_config(config: DecodeConfig, device: torch.device, raw_planes: in
     return config
 
 
-_BALLOT_CHECKED: dict = {}     # compiled kernel -> whether its ballot operands are lane-major
+_BALLOT_CHECKED: dict = {}     # id(compiled kernel) -> (kernel, whether its ballot operands are lane-major)
 _BALLOT_UNSAFE: set = set()    # (config, raw_planes, batched) whose compiled layout failed the check
 
 
@@ -525,13 +528,15 @@ def _ballot_layout_ok(compiled) -> bool:
     the lanes, the 32 threads of a warp across them. The compiled TTGIR says which layout
     Triton chose; anything unexpected (including a TTGIR we cannot read) counts as unsafe.
     """
-    if compiled not in _BALLOT_CHECKED:
+    key = id(compiled)  # the kernel is kept in the entry, so its id is not reused
+    if key not in _BALLOT_CHECKED:
         try:
-            _BALLOT_CHECKED[compiled] = ballot_layout_is_lane_major(compiled.asm["ttgir"])
+            ok = ballot_layout_is_lane_major(compiled.asm["ttgir"])
         except Exception as e:  # noqa: BLE001 - any failure means: do not trust the ballot path
             logger.warning("decode kernel: cannot inspect the compiled layout (%s)", e)
-            _BALLOT_CHECKED[compiled] = False
-    return _BALLOT_CHECKED[compiled]
+            ok = False
+        _BALLOT_CHECKED[key] = (compiled, ok)
+    return _BALLOT_CHECKED[key][1]
 
 
 def ballot_layout_is_lane_major(ttgir: str) -> bool:
