@@ -126,6 +126,7 @@ def compress_case(src: Path, out: Path, **options) -> Case:
 
 
 def measure(item: Input, workdir: Path, runs: int) -> SpeedResult:
+    workdir = Path(tempfile.mkdtemp(dir=workdir))
     packed = workdir / "packed"
     unweight.compress(item.path, packed, verify=False)
     with unweight.open(packed) as reader:
@@ -146,7 +147,7 @@ def measure(item: Input, workdir: Path, runs: int) -> SpeedResult:
         "zstd_decompress": Case(lambda: zstandard.ZstdDecompressor().decompress(frame)),
     }
     timings = time_interleaved(cases, runs)
-    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(workdir, ignore_errors=True)
     output_bytes = sum(t.numel * t.torch_dtype.itemsize for t in tensors)
     return SpeedResult(item.name, len(raw), output_bytes, timings)
 
@@ -173,7 +174,7 @@ def profile_stages(fn: Callable[[], object]) -> list[tuple[str, float, float]]:
 
 def profiles(item: Input, workdir: Path) -> dict[str, list[tuple[str, float, float]]]:
     """Where one compress (verification on) and one `unweight.load` of `item` spend their time."""
-    packed = workdir / "profiled"
+    packed = Path(tempfile.mkdtemp(dir=workdir)) / "packed"
     compress = profile_stages(lambda: unweight.compress(item.path, packed))
     load = profile_stages(lambda: unweight.load(packed, backend="cpu"))
     shutil.rmtree(packed, ignore_errors=True)

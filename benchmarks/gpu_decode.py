@@ -39,8 +39,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from unweight.codec import floats, huffman, lanes  # noqa: E402
 from unweight.codec.tensor import encode_float  # noqa: E402
+from unweight.packed import PackedTensor  # noqa: E402
 
 TORCH_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
 INT_VIEWS = {2: torch.int16, 4: torch.int32}
@@ -150,17 +150,14 @@ def encode_case(name: str, original: torch.Tensor, steps: int) -> Case:
     t0 = time.perf_counter()
     enc = encode_float(dtype, original.numel(), lambda a, b: host[a:b], steps=steps, where=name)
     encode_s = time.perf_counter() - t0
-    table = huffman.decode_table(enc.code_lengths)
-    n = original.numel()
-    sym = lanes.decode(enc.streams["words"].view(np.uint16), enc.streams["index"].view(np.int64), table, steps, n)
-    ref_bytes = floats.merge(floats.LAYOUTS[dtype], sym, enc.streams["raw"], n)
-    reference = torch.from_numpy(ref_bytes).view(original.dtype).reshape(original.shape)
-    ok = torch.equal(reference.view(INT_VIEWS[original.element_size()]),
-                     original.cpu().view(INT_VIEWS[original.element_size()]))
+    streams = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in enc.streams.items()}
+    packed = PackedTensor(name, dtype, tuple(original.shape), "lanes", streams, steps, enc.code_lengths)
+    reference = packed.decode(backend="cpu")
+    view = INT_VIEWS[original.element_size()]
+    ok = torch.equal(reference.view(view), original.cpu().view(view))
     device = original.device
-    streams = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in enc.streams.items()}
-    return Case(name, dtype, tuple(original.shape), steps, original, streams, torch.from_numpy(table).to(device),
-                reference.to(device), encode_s, ok)
+    return Case(name, dtype, tuple(original.shape), steps, original, {k: v.to(device) for k, v in streams.items()},
+                packed.decode_table(device), reference.to(device), encode_s, ok)
 
 
 # ----------------------------------------------------------------------------- results
@@ -461,8 +458,8 @@ def _graphed(fn):
 def stage_dtypes(bench: Bench, cfg, shape) -> None:
     for k, dtype in enumerate(("F16", "F32")):
         try:
-            case = encode_case(f"{dtype.lower()} {shape[0]}x{shape[1]}", random_normal(shape, dtype, bench.device, 20 + k),
-                               bench.steps)
+            original = random_normal(shape, dtype, bench.device, 20 + k)
+            case = encode_case(f"{dtype.lower()} {shape[0]}x{shape[1]}", original, bench.steps)
         except Exception as e:  # noqa: BLE001
             bench.notes.append(f"{dtype} case could not be prepared: {e}")
             continue
@@ -584,17 +581,33 @@ def report(bench: Bench, info: dict) -> str:
     return "\n".join(lines)
 
 
+def write_markdown_section(path: Path, bench: Bench, info: dict, text: str) -> None:
+    """The results as the 'GPU decode' section of a BENCHMARKS.md-style file (see common.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from common import Section, command_line, write_section
+
+    table = text[text.index("| case |"):]
+    notes = [line for line in text[:text.index("| case |")].splitlines()[1:] if line.strip()]
+    machine_text = f"{info.get('gpu', info['device'])}, torch {info['torch']}, triton {info['triton']}"
+    baseline = (f"device-to-device copy {bench.copy_gbs:,.0f} GB/s (read + written) and bf16 batch-1 matmuls, "
+                f"same run" if bench.copy_gbs else "none")
+    write_section(path, Section("GPU decode", command_line(), table, baseline, ["\n".join(notes)],
+                                machine=machine_text))
+
+
 # ----------------------------------------------------------------------------- main
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__[__doc__.index("What it measures"):])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__[__doc__.index("What it measures"):],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="JSON file for the results (a .md with the table beside it)")
     p.add_argument("--quick", action="store_true", help="small shapes and four variants: checks the script runs")
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu with TRITON_INTERPRET=1 (smoke test)")
     p.add_argument("--reps", type=int, default=20, help="timed runs a figure (median)")
-    p.add_argument("--budget-s", type=float, default=420.0, help="stop sweeping variants after this many seconds")
+    p.add_argument("--out-md", type=Path, default=None,
+                   help="also write the table as a section of this markdown file (e.g. BENCHMARKS.md)")
+    p.add_argument("--budget-s", type=float, default=360.0, help="stop sweeping variants after this many seconds")
     p.add_argument("--steps-sweep", type=int, nargs="*", default=[256, 512],
                    help="other values of steps to encode the main tensor with (best two variants each)")
     p.add_argument("--layer-steps", type=int, nargs="*", default=[256],
@@ -620,8 +633,9 @@ def main(argv=None) -> int:
     bench = Bench(args, kd, device)
     configs = sweep_configs(kd, args.quick)
     bench.configs_by_name = {variant_name(c): c for c in configs}
-    bench.configs_by_name.update({variant_name(kd.effective_config(c, device, "BF16")): kd.effective_config(c, device, "BF16")
-                                  for c in configs})
+    for c in configs:
+        used = kd.effective_config(c, device, "BF16")
+        bench.configs_by_name.setdefault(variant_name(used), used)
     main_shape = MAIN_SHAPE if not args.quick else ((1024, 1024) if device.type == "cuda" else (64, 512))
     scale = 1 if not args.quick else (8 if device.type == "cuda" else 64)
     if device.type != "cuda":
@@ -633,8 +647,8 @@ def main(argv=None) -> int:
     cfg = best[0] if best else kd.DEFAULT_CONFIG
     bench.notes.append(f"configuration used for the other cases: {variant_name(cfg)}")
     stages = {"layer": lambda: stage_layer(bench, cfg, scale, bench.steps),
-              "layer-steps": lambda: [stage_layer(bench, cfg, scale, steps, full=False)
-                                      for steps in args.layer_steps if steps != bench.steps and not bench.over_budget()],
+              "layer-steps": lambda: [stage_layer(bench, cfg, scale, steps, full=False) for steps in args.layer_steps
+                                      if steps != bench.steps and not bench.over_budget()],
               "dtypes": lambda: stage_dtypes(bench, cfg, (4096 // scale, 4096 // scale)),
               "minilm": lambda: stage_minilm(bench, cfg)}
     for name, stage in stages.items():
@@ -654,6 +668,8 @@ def main(argv=None) -> int:
     args.out.write_text(json.dumps(payload, indent=1) + "\n")
     args.out.with_suffix(".md").write_text(text)
     print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+    if args.out_md is not None:
+        write_markdown_section(args.out_md, bench, info, text)
     return 0 if all(r.status == "ok" for r in bench.results) else 1
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import shutil
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,13 +97,21 @@ def _write_packed(source: SourceCheckpoint, out: Path, report: CompressReport, v
     shards = _ShardWriter(out, shard_bytes)
     for rel in source.weight_files:
         header = read_header(source.root / rel)
-        manifest.files.append(_source_file(rel, header))
+        # the file's SHA-256 is fed from the tensor bytes as they stream by, in file order
+        file_digest = hashlib.sha256(struct.pack("<Q", len(header.header_bytes)) + header.header_bytes)
+
+        def consume(data: np.ndarray) -> None:
+            file_digest.update(data)
+            progress(data.size)
+
         report.original_bytes += header.file_size
         for entry in header.entries.values():
-            encoded = _encode_entry(header, entry, steps, verify, progress)
+            encoded = _encode_entry(header, entry, steps, verify, consume)
             shard, spans = shards.add(encoded.streams)
             manifest.tensors[entry.name] = _record(entry, encoded, shard, spans)
             report.tensors.append(_stats(entry, encoded))
+        manifest.files.append(SourceFile(rel, header.file_size, file_digest.hexdigest(),
+                                         SourceFile.pack_header(header.header_bytes), list(header.entries)))
     manifest.shards = shards.close()
     for rel in source.other_files:
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -112,27 +120,14 @@ def _write_packed(source: SourceCheckpoint, out: Path, report: CompressReport, v
     return manifest
 
 
-def _source_file(rel: str, header: SafetensorsHeader) -> SourceFile:
-    return SourceFile(rel, header.file_size, _file_sha256(header.path),
-                      SourceFile.pack_header(header.header_bytes), list(header.entries))
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _encode_entry(header: SafetensorsHeader, entry: TensorEntry, steps: int, verify: bool,
-                  progress: Progress) -> EncodedTensor:
+                  consume: Callable[[np.ndarray], None]) -> EncodedTensor:
     where = f"{header.path.name}: tensor {entry.name!r}"
     if entry.dtype in floats.LAYOUTS and entry.numel > 0:
         return encode_float(entry.dtype, entry.numel, lambda a, b: read_range(header, entry, a, b),
-                            steps=steps, where=where, verify=verify, on_bytes=progress)
+                            steps=steps, where=where, verify=verify, consume=consume)
     data = read_range(header, entry)
-    progress(data.size)
+    consume(data)
     return encode_other(data)
 
 
@@ -193,9 +188,7 @@ class _ShardWriter:
 
     def _flush(self) -> None:
         name = self._name(len(self.names))
-        arrays = [(role, np.concatenate(parts) if parts else np.zeros(0, np.uint8))
-                  for role, parts in self.pending.items()]
-        write_file(self.out / name, arrays)
+        write_file(self.out / name, list(self.pending.items()))
         self.names.append(name)
         self.pending = {role: [] for role in SHARD_ROLES}
         self.sizes = dict.fromkeys(SHARD_ROLES, 0)

@@ -79,9 +79,12 @@ class PackedTensor:
             return out
         if backend == "triton" and self.encoding == "lanes":
             self._decode_triton(out, start, stream)
+        elif self.encoding == "lanes":
+            self._decode_cpu_into(out, start)
         else:
             # copy bytes, not values: a value copy would normalize e.g. bool bytes and hide corruption
-            host = torch.from_numpy(np.require(self._decode_cpu(start, stop), requirements="W"))
+            width = out.element_size()
+            host = torch.from_numpy(np.require(self._plain_bytes()[start * width : stop * width], requirements="W"))
             out.view(-1).view(torch.uint8).copy_(host)
         return out
 
@@ -108,21 +111,18 @@ class PackedTensor:
                          self.streams["raw"], out, numel_total=self.numel, steps=self.steps,
                          dtype=self.dtype, start=start)
 
-    def _decode_cpu(self, start: int, stop: int) -> np.ndarray:
-        """Bytes of elements [start, stop), decoded on the CPU."""
-        if self.encoding != "lanes":
-            width = torch.empty(0, dtype=self.torch_dtype).element_size()
-            return self._plain_bytes()[start * width : stop * width]
+    def _decode_cpu_into(self, out: torch.Tensor, start: int) -> None:
+        """Decode elements [start, start + out.numel()) on the CPU, straight into `out`'s memory."""
         layout = floats.LAYOUTS[self.dtype]
-        words = self.streams["words"].cpu().numpy().view(np.uint16)
-        index = self.streams["index"].cpu().numpy().view(np.int64)
-        raw = self.streams["raw"].cpu().numpy()
-        block = lanes.LANES * self.steps
-        first, last = start // block, -(-stop // block)
-        sym = lanes.decode(words, index, huffman.decode_table(self.code_lengths), self.steps, self.numel,
-                           blocks=(first, last), where=f"tensor {self.name!r}")
-        sym = sym[start - first * block : stop - first * block]
-        return floats.merge(layout, sym, raw, self.numel, offset=start)
+        target = out if out.device.type == "cpu" else torch.empty_like(out, device="cpu")
+        bits = target.view(-1).view(torch.int16 if layout.width == 2 else torch.int32).numpy()
+        lanes.decode_into(self.streams["words"].cpu().numpy().view(np.uint16),
+                          self.streams["index"].cpu().numpy().view(np.int64),
+                          huffman.decode_table(self.code_lengths), self.streams["raw"].cpu().numpy(),
+                          self.numel, self.steps, bits.view(np.uint16 if layout.width == 2 else np.uint32),
+                          lo=start, where=f"tensor {self.name!r}")
+        if target is not out:
+            out.copy_(target)
 
     def _plain_bytes(self) -> np.ndarray:
         data = self.streams["data"].cpu().numpy()

@@ -100,8 +100,9 @@ class EngineConfig:
         if isinstance(sizes, list):  # as parsed from a config file
             sizes = tuple(sizes)
             object.__setattr__(self, "cuda_graph_batch_sizes", sizes)
-        if (not isinstance(sizes, tuple) or not sizes
-                or any(isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.max_num_seqs for n in sizes)):
+        valid = isinstance(sizes, tuple) and sizes and all(
+            isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= self.max_num_seqs for n in sizes)
+        if not valid:
             raise ConfigError(
                 f"cuda_graph_batch_sizes={sizes!r} is invalid; allowed: None or a non-empty list of integers "
                 f"from 1 to max_num_seqs={self.max_num_seqs}"

@@ -70,7 +70,8 @@ class DecodeInputs:
             seq = item.seq
             position = seq.num_computed_tokens  # of the one new token
             block = seq.block_table[position // self.block_size]
-            self._longs[:, row] = (seq.token_ids[position], position, block * self.block_size + position % self.block_size)
+            slot = block * self.block_size + position % self.block_size
+            self._longs[:, row] = (seq.token_ids[position], position, slot)
             self._lens[row] = position + 1
             self._tables[row, :len(seq.block_table)] = seq.block_table
         self._longs[:, num_seqs:num_rows] = np.array([[0], [0], [self.pad_slot]])

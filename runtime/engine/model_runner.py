@@ -67,7 +67,16 @@ class ModelRunner:
         self.kv_cache.bind(self.model)
         log.info("KV cache: %d blocks of %d tokens (%.1f MiB)", self.num_kv_blocks, self.block_size,
                  self.kv_cache.nbytes / 2**20)
-        self.graphs = self._capture_graphs() if config.uses_cuda_graphs else None
+        self.graphs = self._capture_graphs() if self._uses_cuda_graphs() else None
+
+    def _uses_cuda_graphs(self) -> bool:
+        if not self.config.uses_cuda_graphs:
+            return False
+        if self.attention_backend != "triton":
+            log.info("attention_backend=%r reads host lists, so decode steps run without CUDA graphs",
+                     self.attention_backend)
+            return False
+        return True
 
     def _resolve_ops_backend(self) -> str:
         """The configured ops backend; "auto" drops to torch ops if the fused kernels fail their check."""
@@ -119,8 +128,7 @@ class ModelRunner:
         if num_blocks < 1:
             raise ConfigError(
                 f"the KV cache budget ({budget} bytes) holds fewer than 2 blocks of {block_bytes} bytes (one is "
-                "kept for padding); raise "
-                "gpu_memory_utilization/kv_cache_bytes, or set num_kv_blocks"
+                "kept for padding); raise gpu_memory_utilization/kv_cache_bytes, or set num_kv_blocks"
             )
         return num_blocks
 

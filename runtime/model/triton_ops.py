@@ -1,9 +1,10 @@
 """Triton kernels that fuse the small per-layer ops of a decoder layer (imports triton).
 
-Each kernel repeats the rounding steps of the torch ops it replaces (layers.py), so
-that rotary + KV store and SiLU-and-mul give the same bits as the torch path; RMSNorm
-differs only in the order of its float32 sum of squares. All launches are
-capture-safe: no host synchronization, no allocation beyond the outputs.
+Each kernel repeats the rounding steps of the torch ops it replaces (layers.py):
+rotary + KV store gives the same bits as the torch path; SiLU-and-mul calls the
+same expf and IEEE division as torch's CUDA kernel; RMSNorm differs only in the
+order of its float32 sum of squares. Launches are CUDA-graph safe: no host
+synchronization, no allocation beyond the outputs.
 """
 
 from __future__ import annotations
@@ -109,13 +110,12 @@ def rotary_store_kv_kernel(
     first = qkv_ptr + token * stride_qkv + heads[:, None] * HEAD_DIM + half[None, :]  # [HEADS, HALF]
     x1 = tl.load(first, mask=mask, other=0.0)
     x2 = tl.load(first + HALF, mask=mask, other=0.0)
-    dtype = x1.dtype
     a1 = x1.to(tl.float32)
     a2 = x2.to(tl.float32)
-    out1 = ((a1 * cos1[None, :]).to(dtype).to(tl.float32) + (-(a2 * sin1[None, :])).to(dtype).to(tl.float32))
-    out2 = ((a2 * cos2[None, :]).to(dtype).to(tl.float32) + (a1 * sin2[None, :]).to(dtype).to(tl.float32))
-    out1 = out1.to(dtype)
-    out2 = out2.to(dtype)
+    out1 = ((a1 * cos1[None, :]).to(x1.dtype).to(tl.float32)
+            + (-(a2 * sin1[None, :])).to(x1.dtype).to(tl.float32)).to(x1.dtype)
+    out2 = ((a2 * cos2[None, :]).to(x1.dtype).to(tl.float32)
+            + (a1 * sin2[None, :]).to(x1.dtype).to(tl.float32)).to(x1.dtype)
     tl.store(first, out1, mask=mask)
     tl.store(first + HALF, out2, mask=mask)
 
@@ -170,7 +170,7 @@ def rotary_store_kv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_c
             NUM_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim,
             HEADS_BLOCK=triton.next_power_of_2(num_heads + num_kv_heads),
             HALF_BLOCK=triton.next_power_of_2(head_dim // 2), KV_HEADS_BLOCK=triton.next_power_of_2(num_kv_heads),
-            DIM_BLOCK=triton.next_power_of_2(head_dim), PAGE_SIZE=page_size, num_warps=4, **_NO_FMA,
+            DIM_BLOCK=triton.next_power_of_2(head_dim), PAGE_SIZE=page_size, num_warps=8, **_NO_FMA,
         )
     return qkv[:, : num_heads * head_dim].view(num_tokens, num_heads, head_dim)
 
@@ -271,7 +271,8 @@ def _check_rotary(config, device, dtype, tp_size, gen) -> None:
     from infire.engine.attention import store_kv
     from infire.model.layers import RotaryEmbedding, apply_rotary
 
-    heads, kv_heads, head_dim = config.num_attention_heads // tp_size, config.num_key_value_heads // tp_size, config.head_dim
+    heads, kv_heads = config.num_attention_heads // tp_size, config.num_key_value_heads // tp_size
+    head_dim = config.head_dim
     rotary = RotaryEmbedding(head_dim, config.rope)
     rotary.reset_parameters(device)
     cos, sin = rotary(torch.tensor([0, 5, 4000], device=device), dtype)

@@ -285,6 +285,7 @@ def test_padding_rows_write_only_the_padding_block(llama_dir):
 
 def test_padding_block_is_never_handed_out(llama_dir):
     engine = make_engine(llama_dir, num_kv_blocks=10)
+    assert engine.runner.graphs is None  # the CPU always runs eagerly
     assert engine.runner.pad_block == 10 and engine.runner.kv_cache.num_blocks == 11
     assert engine.stats().num_kv_blocks_total == 10
     engine.add_request("c", PROMPTS["c"] * 2, SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))

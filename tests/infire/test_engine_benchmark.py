@@ -28,3 +28,25 @@ def test_throughput_benchmark_runs_tiny(tmp_path):
         assert set(figures["decode_tokens_per_s"]) == {"1", "4"} and figures["ttft_ms"] > 0
     assert results["copy_bandwidth_bytes_per_s"] > 0
     assert "| infire (dense) |" in result.stdout and "Engine: decode throughput" in (tmp_path / "BENCHMARKS.md").read_text()
+
+
+@pytest.mark.slow
+def test_throughput_benchmark_packs_and_compares_compressed_weights(tmp_path):
+    out = tmp_path / "engine.json"
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tiny", "--device", "cpu", "--repeats", "1", "--weights", "both",
+         "--compressed-layers", "1", "--no-hf", "--no-ttft", "--scratch", str(tmp_path / "scratch"),
+         "--json", str(out), "--out-md", str(tmp_path / "BENCHMARKS.md")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(out.read_text())["results"]
+    summary = results["summary"]
+    assert set(summary["engines"]) == {"infire (dense)", "infire (dense, 1-layer model)", "infire (compressed)"}
+    compressed = summary["compressed"]
+    assert compressed["layers"] == 1 and compressed["batch1_slowdown"] > 0
+    assert compressed["weights_bytes_compressed"] > 0
+    statuses = {check["name"]: check["status"] for check in results["checks"]}
+    assert statuses["compressed == dense, batch 5 padded to 8"] == "PASS" and summary["checks_passed"]
+    assert "Self-check (3 passed, 0 failed, 2 skipped): all passed." in result.stdout
+    assert not any((tmp_path / "scratch").iterdir())  # the saved and packed checkpoints are removed

@@ -1,11 +1,13 @@
 """The Triton decoder, run by the Triton interpreter on the CPU: bit-exact against the CPU decoder.
 
-TRITON_INTERPRET must be set before `@triton.jit` decorates the kernels (the decorator picks
-the interpreter at that moment), so this module sets it before importing
-unweight.kernels.decode, reloads that module if an earlier import compiled it for a GPU, and
-checks that the kernel objects are the interpreter's. The variable is restored right after
-the import and set again only while these tests run, so other modules see the environment
-they expect. Inputs are small (steps of 4 to 16 symbols) because the interpreter is slow.
+TRITON_INTERPRET must be set when `@triton.jit` decorates the kernels (the decorator picks
+the interpreter at that moment), so this module sets it, imports unweight.kernels.decode
+(reloading it if an earlier import compiled it for a GPU) and checks that the kernel objects
+are the interpreter's. The kernels call only Triton builtins, so it does not matter when
+triton.language itself was first imported. The variable is restored right after the import
+and set again only while these tests run, so other modules see the environment they expect.
+This is more reliable than a subprocess per case and keeps failures per test. Inputs are
+small (steps of 4 to 16 symbols) because the interpreter is slow.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ def decode_range(p: PackedTensor, start: int, stop: int, config=None, margin: in
 
 def assert_matches_cpu(p: PackedTensor, start: int = 0, stop: int | None = None, config=None) -> None:
     stop = p.numel if stop is None else stop
-    expected = torch.from_numpy(p._decode_cpu(start, stop)).view(p.torch_dtype)
+    expected = p.decode(backend="cpu").reshape(-1)[start:stop]
     assert torch.equal(bits(decode_range(p, start, stop, config)), bits(expected))
 
 
@@ -155,7 +157,8 @@ def test_decode_into_row_ranges_through_packed_tensor(rows):
     out = buf[5:-5].view(rows[1] - rows[0], 48)
     p.decode_into(out, rows=rows, backend="triton")
     assert torch.equal(bits(out), bits(t[rows[0] : rows[1]]))
-    assert torch.equal(bits(buf[:5]), bits(poisoned(5, t.dtype))) and torch.equal(bits(buf[-5:]), bits(poisoned(5, t.dtype)))
+    edge = bits(poisoned(5, t.dtype))
+    assert torch.equal(bits(buf[:5]), edge) and torch.equal(bits(buf[-5:]), edge)
 
 
 @pytest.mark.parametrize("config", [
@@ -197,14 +200,14 @@ def test_plan_decodes_many_items_in_one_launch_per_width():
         plan.launch()
         for t, out, (a, b) in zip(tensors, outs, ranges):
             assert torch.equal(bits(out), bits(t[a:b]))
-    assert len(plan._groups) == 2  # one launch for 16-bit outputs, one for fp32
+    assert len(plan.configs()) == 2  # one launch for 16-bit outputs, one for fp32
 
 
 def test_decode_lanes_many_skips_empty_items():
     p = pack((torch.randn(600) * 0.02).to(torch.bfloat16), steps=8)
     out, empty = torch.empty(600, dtype=torch.bfloat16), torch.empty(0, dtype=torch.bfloat16)
     decode.decode_lanes_many([item(p, empty, 17), item(p, out)])
-    assert torch.equal(bits(out), bits(torch.from_numpy(p._decode_cpu(0, 600)).view(torch.bfloat16)))
+    assert torch.equal(bits(out), bits(p.decode(backend="cpu")))
 
 
 @pytest.fixture(scope="module")
@@ -260,10 +263,11 @@ def test_config_refuses_bad_values(kwargs):
         decode.DecodeConfig(**kwargs)
 
 
-TTGIR_LANE_MAJOR = """\
-#blocked = #ttg.blocked<{sizePerThread = [1, 1], threadsPerWarp = [1, 32], warpsPerCTA = [4, 1], order = [1, 0]}>
-    %7:2 = tt.elementwise_inline_asm "{ vote.sync.ballot.b32 m, p, 0xffffffff; }" {constraints = "=r,=r,r"} %need : tensor<4x32xi32, #blocked> -> tensor<4x32xi32, #blocked>, tensor<4x32xi32, #blocked>
-"""
+TTGIR_LANE_MAJOR = (  # the shape of Triton's TTGIR for the ballot (one line per op in the real text)
+    "#blocked = #ttg.blocked<{sizePerThread = [1, 1], threadsPerWarp = [1, 32], "
+    "warpsPerCTA = [4, 1], order = [1, 0]}>\n"
+    '    %7:2 = tt.elementwise_inline_asm "{ vote.sync.ballot.b32 m, p, 0xffffffff; }" {constraints = "=r,=r,r"} '
+    "%need : tensor<4x32xi32, #blocked> -> tensor<4x32xi32, #blocked>, tensor<4x32xi32, #blocked>\n")
 
 
 def test_ballot_layout_check_accepts_only_lane_major_tiles():
@@ -273,6 +277,13 @@ def test_ballot_layout_check_accepts_only_lane_major_tiles():
     assert not decode.ballot_layout_is_lane_major(split_warp)
     assert not decode.ballot_layout_is_lane_major(TTGIR_LANE_MAJOR.replace("#blocked>", "#linear>"))
     assert not decode.ballot_layout_is_lane_major("")
+
+
+def test_interpreter_runs_the_portable_tile():
+    used = decode.effective_config(decode.DEFAULT_CONFIG, "cpu", "BF16")
+    assert used.prefix == decode.PREFIX_SCAN and not used.prefetch and used.rows >= decode.DEFAULT_CONFIG.rows
+    as_given = decode.DecodeConfig(rows=2, num_warps=2, prefix=decode.PREFIX_SCAN, prefetch=False)
+    assert decode.effective_config(as_given, "cpu", "F32") == as_given
 
 
 def test_importing_unweight_does_not_import_triton():

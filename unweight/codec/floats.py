@@ -89,3 +89,19 @@ def merge(layout: FloatLayout, sym: np.ndarray, raw: np.ndarray, n_total: int, o
         bits = np.empty(sym.size, dtype=np.uint32)
         _merge32(sym, raw, n_total, offset, bits)
     return bits.view(np.uint8)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _symbol_histogram(bits, shift, num_chunks):
+    partial = np.zeros((num_chunks, 256), dtype=np.int64)
+    chunk = -(-bits.size // num_chunks)
+    for c in numba.prange(num_chunks):
+        for i in range(c * chunk, min(bits.size, (c + 1) * chunk)):
+            partial[c, (bits[i] >> shift) & 0xFF] += 1
+    return partial.sum(axis=0)
+
+
+def symbol_histogram(layout: FloatLayout, data: np.ndarray) -> np.ndarray:
+    """Counts of each symbol value (int64[256]) straight from raw bytes, without splitting them."""
+    bits = data.view(np.uint16 if layout.width == 2 else np.uint32)
+    return _symbol_histogram(bits, layout.symbol_shift, max(1, min(64, bits.size // (1 << 16))))

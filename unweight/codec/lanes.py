@@ -150,3 +150,64 @@ def decode(words: np.ndarray, index: np.ndarray, table: np.ndarray, steps: int, 
         raise CorruptDataError(f"{where}: coded stream of block {first + int(bad[0])} does not decode "
                                f"(truncated or corrupted data)")
     return out
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _merge_value(sym, raw, n_total, i, wide):
+    """The original bits of weight i from its symbol and raw planes (see floats.py)."""
+    if wide:
+        hi = np.uint32(raw[2 * n_total + i])
+        return (((hi & 0x80) << 24) | (np.uint32(sym) << 23) | ((hi & 0x7F) << 16)
+                | (np.uint32(raw[n_total + i]) << 8) | np.uint32(raw[i]))
+    r = np.uint32(raw[i])
+    return ((r & 0x80) << 8) | (np.uint32(sym) << 7) | (r & 0x7F)
+
+
+@numba.njit(cache=True, nogil=True)
+def _decode_block_into(words, begin, end, table, raw, n_total, block_start, count, lo, hi, wide, out):
+    """Decode one block and write weights [lo, hi) of it straight into `out` (indexed from lo)."""
+    buf = np.zeros(LANES, dtype=np.uint32)
+    nbits = np.zeros(LANES, dtype=np.int64)
+    pos = begin
+    for base in range(0, count, LANES):
+        for lane in range(min(LANES, count - base)):
+            if nbits[lane] < MAX_CODE_LEN:
+                if pos >= end:
+                    return 1
+                buf[lane] |= np.uint32(words[pos]) << np.uint32(16 - nbits[lane])
+                nbits[lane] += 16
+                pos += 1
+            entry = table[buf[lane] >> np.uint32(32 - MAX_CODE_LEN)]
+            n = entry >> 8
+            buf[lane] <<= np.uint32(n)
+            nbits[lane] -= n
+            i = block_start + base + lane
+            if lo <= i < hi:
+                out[i - lo] = _merge_value(entry & 0xFF, raw, n_total, i, wide)
+    return 0 if pos == end else 1
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _decode_into(words, index, table, raw, n_total, steps, lo, hi, wide, out, status):
+    block_size = LANES * steps
+    first = lo // block_size
+    for k in numba.prange(status.size):
+        b = first + k
+        start = b * block_size
+        status[k] = _decode_block_into(words, index[b], index[b + 1], table, raw, n_total, start,
+                                       min(block_size, n_total - start), lo, hi, wide, out)
+
+
+def decode_into(words: np.ndarray, index: np.ndarray, table: np.ndarray, raw: np.ndarray, n_total: int,
+                steps: int, out: np.ndarray, lo: int = 0, where: str = "tensor") -> None:
+    """Decode weights [lo, lo + out.size) into `out` (uint16 for 16-bit floats, uint32 for fp32)."""
+    hi = lo + out.size
+    if hi <= lo:
+        return
+    block_size = LANES * steps
+    status = np.zeros(-(-hi // block_size) - lo // block_size, dtype=np.int64)
+    _decode_into(words, index, table.astype(np.int64), raw, n_total, steps, lo, hi, out.itemsize == 4, out, status)
+    bad = np.flatnonzero(status)
+    if bad.size:
+        raise CorruptDataError(f"{where}: coded stream of block {lo // block_size + int(bad[0])} does not decode "
+                               f"(truncated or corrupted data)")

@@ -37,38 +37,45 @@ class EncodedTensor:
 
 
 ReadRange = Callable[[int, int], np.ndarray]  # (byte start, byte stop) -> uint8 array
+Consume = Callable[[np.ndarray], None]         # sees every byte of the tensor once, in order
 
 
 def encode_float(dtype: str, numel: int, read: ReadRange, steps: int = DEFAULT_STEPS,
-                 where: str = "tensor", verify: bool = True, on_bytes: Callable[[int], None] = lambda n: None) -> EncodedTensor:
-    """Encode a bf16/fp16/fp32 tensor read through `read`, verifying every chunk."""
+                 where: str = "tensor", verify: bool = True, consume: Consume = lambda data: None) -> EncodedTensor:
+    """Encode a bf16/fp16/fp32 tensor read through `read`, verifying every chunk decodes back.
+
+    Two passes (symbol histogram, then encode), reading each chunk twice only when the
+    tensor is larger than one chunk, so memory stays bounded on huge tensors.
+    """
     layout = floats.LAYOUTS[dtype]
+    chunks = list(_chunks(numel, steps))
+    cached = read(0, numel * layout.width) if len(chunks) == 1 else None
     hist = np.zeros(huffman.NUM_SYMBOLS, dtype=np.int64)
-    for start, stop in _chunks(numel, steps):
-        sym, _ = floats.split(layout, read(start * layout.width, stop * layout.width))
-        hist += huffman.histogram(sym)
+    for start, stop in chunks:
+        data = cached if cached is not None else read(start * layout.width, stop * layout.width)
+        hist += floats.symbol_histogram(layout, data)
     lengths = huffman.code_lengths(hist)
     codes = huffman.canonical_codes(lengths)
-    table = huffman.decode_table(lengths)
+    table = huffman.decode_table(lengths) if verify else None
     digest = hashlib.sha256()
     words, indices, raws = [], [], []
     word_base = 0
-    for start, stop in _chunks(numel, steps):
-        data = read(start * layout.width, stop * layout.width)
+    for start, stop in chunks:
+        data = cached if cached is not None else read(start * layout.width, stop * layout.width)
         digest.update(data)
+        consume(data)
         sym, raw = floats.split(layout, data)
         w, index = lanes.encode(sym, codes, lengths, steps)
         if verify:
-            _check_chunk(layout, w, index, table, steps, sym, raw, data, where, start)
+            _check_chunk(layout, w, index, table, steps, raw, data, where, start)
         words.append(w)
         indices.append(index[:-1] + word_base)
         word_base += w.size
         raws.append(raw.reshape(layout.raw_planes, -1))
-        on_bytes(data.size)
     indices.append(np.array([word_base], dtype=np.int64))
-    raw_planes = np.concatenate(raws, axis=1) if raws else np.zeros((layout.raw_planes, 0), np.uint8)
+    raw_planes = raws[0] if len(raws) == 1 else np.concatenate(raws, axis=1)
     streams = {
-        "words": np.concatenate(words).view(np.uint8) if words else np.zeros(0, np.uint8),
+        "words": (words[0] if len(words) == 1 else np.concatenate(words)).view(np.uint8),
         "index": np.concatenate(indices).view(np.uint8),
         "raw": raw_planes.reshape(-1),
     }
@@ -81,11 +88,12 @@ def _chunks(numel: int, steps: int) -> Iterator[tuple[int, int]]:
         yield start, min(numel, start + step)
 
 
-def _check_chunk(layout, words, index, table, steps, sym, raw, data, where, start) -> None:
-    decoded = lanes.decode(words, index, table, steps, sym.size, where=where)
-    back = floats.merge(layout, decoded, raw, sym.size)
-    if not np.array_equal(back, data):
-        first = int(np.flatnonzero(back != data)[0]) // layout.width
+def _check_chunk(layout, words, index, table, steps, raw, data, where, start) -> None:
+    """Decode the chunk just encoded and compare it bit for bit with its source bytes."""
+    back = np.empty(data.size // layout.width, dtype=np.uint16 if layout.width == 2 else np.uint32)
+    lanes.decode_into(words, index, table, raw, back.size, steps, back, where=where)
+    if not np.array_equal(back.view(np.uint8), data):
+        first = int(np.flatnonzero(back.view(np.uint8) != data)[0]) // layout.width
         raise VerificationError(f"{where}: weight {start + first} does not decode back to its original bits")
 
 

@@ -153,13 +153,14 @@ def build_header(tensors: list[tuple[str, str, tuple[int, ...], int]], metadata:
     return text + b" " * (-len(text) % 8)
 
 
-def write_file(path: Path, arrays: list[tuple[str, np.ndarray]], metadata: dict[str, str] | None = None) -> None:
-    """Write 1-D uint8 arrays as U8 tensors of a safetensors file, fsynced."""
-    header = build_header([(name, "U8", (a.size,), a.size) for name, a in arrays], metadata)
+def write_file(path: Path, tensors: list[tuple[str, list[np.ndarray]]], metadata: dict[str, str] | None = None) -> None:
+    """Write U8 tensors, each given as a list of 1-D uint8 parts written back to back, fsynced."""
+    header = build_header([(name, "U8", (n := sum(a.size for a in parts),), n) for name, parts in tensors], metadata)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(header)))
         f.write(header)
-        for _, a in arrays:
-            f.write(memoryview(np.ascontiguousarray(a)))
+        for _, parts in tensors:
+            for a in parts:
+                f.write(memoryview(np.ascontiguousarray(a)))
         f.flush()
         os.fsync(f.fileno())

@@ -97,10 +97,11 @@ DEFAULT_CONFIG = DecodeConfig()
 # ----------------------------------------------------------------------------- kernel
 
 
-# Reductions and scans go through tl.reduce / tl.associative_scan with triton.language's own
-# combine functions rather than tl.sum, tl.cumsum, tl.min or tl.max: those are @triton.jit
-# functions, which the interpreter can only run if TRITON_INTERPRET was set before
-# triton.language was imported, while these combine functions it recognizes and runs in numpy.
+# The kernels use only Triton's builtins (tl.full, tl.reduce, ...), never the @triton.jit helpers of
+# triton.language (tl.zeros, tl.sum, tl.cumsum, tl.min, tl.max): the interpreter runs those only if
+# TRITON_INTERPRET was set before triton.language was first imported, which a test cannot ensure.
+# Reductions and scans pass triton.language's own combine functions, which the interpreter
+# recognizes and runs in numpy.
 _add = tl.standard._sum_combine
 _min = tl.standard._elementwise_min
 _max = tl.standard._elementwise_max
@@ -151,7 +152,7 @@ def _lookup(buf, table_ptr, small, TABLE: tl.constexpr):
 @triton.jit
 def _small_table(table_ptr, ROWS: tl.constexpr):
     """Entries of every 6-bit prefix, two per lane: int32 [ROWS, LANES] (same for every row)."""
-    k = tl.arange(0, LANES)[None, :] + tl.zeros([ROWS, 1], tl.int32)
+    k = tl.arange(0, LANES)[None, :] + tl.full([ROWS, 1], 0, tl.int32)
     lo = tl.load(table_ptr + (2 * k) * SMALL_STRIDE).to(tl.int32) & 0xFFFF
     hi = tl.load(table_ptr + (2 * k + 1) * SMALL_STRIDE).to(tl.int32) & 0xFFFF
     return lo | (hi << 16)
@@ -229,9 +230,9 @@ def _decode_step(buf, room, wpos, rel, raw_at, out_at, word_row, word_limit, act
 def _decode_loop(num_steps, rel, raw_at, out_at, word_row, word_limit, active_end, span, plane_stride, table_ptr,
                  small, raw_row, lo, last, ROWS: tl.constexpr, RAW_PLANES: tl.constexpr, PREFIX: tl.constexpr,
                  TABLE: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr, MASKED: tl.constexpr):
-    buf = tl.zeros([ROWS, LANES], tl.uint32)
+    buf = tl.full([ROWS, LANES], 0, tl.uint32)
     room = tl.full([ROWS, LANES], WORD_BITS, tl.int32)
-    wpos = tl.zeros([ROWS, LANES], tl.int32)              # words the row has taken (same in every lane)
+    wpos = tl.full([ROWS, LANES], 0, tl.int32)            # words the row has taken (same in every lane)
     for _ in range(0, num_steps, UNROLL):
         if PREFETCH:
             # clamped to the block (raw) and the row's stream (words): never an address outside the tensors
@@ -501,7 +502,8 @@ def _check_args(words, index, table, raw, out, numel_total, steps, dtype, start)
     return layout
 
 
-def effective_config(config: DecodeConfig | None, device: torch.device, dtype: str, batched: bool = False) -> DecodeConfig:
+def effective_config(config: DecodeConfig | None, device: torch.device, dtype: str,
+                     batched: bool = False) -> DecodeConfig:
     """The configuration a launch with `config` runs on `device` for `dtype`, after the fallbacks
     known so far (interpreter: no inline PTX; ballot prefix found unsafe for the compiled layout)."""
     return _effective_config(config or DEFAULT_CONFIG, torch.device(device), floats.LAYOUTS[dtype].raw_planes, batched)
@@ -541,12 +543,12 @@ def _ballot_layout_ok(compiled) -> bool:
 
 def ballot_layout_is_lane_major(ttgir: str) -> bool:
     """True when every inline-asm ballot operand has layout sizePerThread=[1, 1], threadsPerWarp=[1, 32]."""
-    aliases = dict(re.findall(r"^(#[\w]+) = #ttg\.blocked<\{([^}]*)\}>", ttgir, flags=re.M))
+    aliases = dict(re.findall(r"^(#\w+) = #(?:ttg|triton_gpu)\.blocked<\{([^}]*)\}>", ttgir, flags=re.M))
     ballots = [line for line in ttgir.splitlines() if "elementwise_inline_asm" in line and "vote.sync" in line]
     if not ballots:
         return False
     for line in ballots:
-        encodings = set(re.findall(r"tensor<\d+x\d+xi32, (#[\w]+)>", line))
+        encodings = set(re.findall(r"tensor<\d+x\d+xi32, (#\w+)>", line))
         if not encodings:
             return False
         for enc in encodings:
