@@ -610,7 +610,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--budget-s", type=float, default=360.0, help="stop sweeping variants after this many seconds")
     p.add_argument("--steps-sweep", type=int, nargs="*", default=[256, 512],
                    help="other values of steps to encode the main tensor with (best two variants each)")
-    p.add_argument("--layer-steps", type=int, nargs="*", default=[256],
+    p.add_argument("--layer-steps", type=int, nargs="*", default=[512, 256],
                    help="other values of steps to time the whole 8B layer with (batched launch and matmuls)")
     p.add_argument("--skip", nargs="*", default=[], choices=["layer", "layer-steps", "dtypes", "minilm"],
                    help="stages to skip")

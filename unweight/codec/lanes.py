@@ -22,7 +22,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ..errors import CorruptDataError
+from ..errors import CorruptDataError, VerificationError
 from .huffman import MAX_CODE_LEN
 
 LANES = 32  # lanes a block decodes in lockstep; a warp of threads on the GPU
@@ -30,38 +30,35 @@ WORD_BITS = 16
 
 
 @numba.njit(cache=True, nogil=True)
-def _lane_words(sym, start, count, steps, codes, lengths, scratch):
-    """Write each lane's codes, MSB-first, into scratch[lane, word]; return bits per lane."""
-    nbits = np.zeros(LANES, dtype=np.int64)
+def _encode_block(sym, start, count, codes, lengths, scratch, slots, out, out_pos):
+    """Encode one block in a single pass; return the number of words written at out[out_pos:].
+
+    While packing each lane's codes MSB-first into scratch[lane, word], it replays the
+    decoder's refill rule (a lane with fewer than MAX_CODE_LEN bits buffered takes its next
+    word) to give each lane word its slot in the stream; the words are then scattered there.
+    """
+    nbits = np.zeros(LANES, dtype=np.int64)   # bits of codes written to each lane so far
+    taken = np.zeros(LANES, dtype=np.int64)   # words the decoder has taken by then
     scratch[:, :] = 0
-    for i in range(count):
-        lane = i % LANES
-        s = sym[start + i]
-        code = np.uint32(codes[s])
-        n = lengths[s]
-        pos = nbits[lane]
-        word = pos >> 4
-        # place the code in a 32-bit window that covers words `word` and `word + 1`
-        window = code << np.uint32(32 - (pos & 15) - n)
-        scratch[lane, word] |= np.uint16(window >> np.uint32(16))
-        scratch[lane, word + 1] |= np.uint16(window & np.uint32(0xFFFF))
-        nbits[lane] = pos + n
-    return nbits
-
-
-@numba.njit(cache=True, nogil=True)
-def _emit_block(sym, start, count, lengths, scratch, out, out_pos):
-    """Emit lane words in the order the lockstep decoder reads them; return words written."""
-    consumed = np.zeros(LANES, dtype=np.int64)
-    taken = np.zeros(LANES, dtype=np.int64)
     written = 0
-    for i in range(count):
-        lane = i % LANES
-        if taken[lane] * WORD_BITS - consumed[lane] < MAX_CODE_LEN:
-            out[out_pos + written] = scratch[lane, taken[lane]]
-            taken[lane] += 1
-            written += 1
-        consumed[lane] += lengths[sym[start + i]]
+    for base in range(0, count, LANES):
+        for lane in range(min(LANES, count - base)):
+            pos = nbits[lane]
+            if taken[lane] * WORD_BITS - pos < MAX_CODE_LEN:
+                slots[lane, taken[lane]] = written
+                taken[lane] += 1
+                written += 1
+            s = sym[start + base + lane]
+            n = lengths[s]
+            # place the code in a 32-bit window that covers words `word` and `word + 1`
+            window = np.uint32(codes[s]) << np.uint32(32 - (pos & 15) - n)
+            word = pos >> 4
+            scratch[lane, word] |= np.uint16(window >> np.uint32(16))
+            scratch[lane, word + 1] |= np.uint16(window & np.uint32(0xFFFF))
+            nbits[lane] = pos + n
+    for lane in range(LANES):
+        for w in range(taken[lane]):
+            out[out_pos + slots[lane, w]] = scratch[lane, w]
     return written
 
 
@@ -73,8 +70,8 @@ def _encode(sym, codes, lengths, steps, num_blocks, block_capacity, staging, cou
         start = b * block_size
         count = min(block_size, sym.size - start)
         scratch = np.empty((LANES, max_words), dtype=np.uint16)
-        _lane_words(sym, start, count, steps, codes, lengths, scratch)
-        counts[b] = _emit_block(sym, start, count, lengths, scratch, staging, b * block_capacity)
+        slots = np.empty((LANES, max_words), dtype=np.int64)
+        counts[b] = _encode_block(sym, start, count, codes, lengths, scratch, slots, staging, b * block_capacity)
 
 
 def block_capacity(steps: int) -> int:
@@ -164,8 +161,9 @@ def _merge_value(sym, raw, n_total, i, wide):
 
 
 @numba.njit(cache=True, nogil=True)
-def _decode_block_into(words, begin, end, table, raw, n_total, block_start, count, lo, hi, wide, out):
-    """Decode one block and write weights [lo, hi) of it straight into `out` (indexed from lo)."""
+def _decode_block_into(words, begin, end, table, raw, n_total, block_start, count, lo, hi, wide, out, check):
+    """Decode one block; weights [lo, hi) of it are written into `out` (indexed from lo), or, with
+    `check`, compared with it. Returns 0, 1 for a stream that does not decode, 2 for a mismatch."""
     buf = np.zeros(LANES, dtype=np.uint32)
     nbits = np.zeros(LANES, dtype=np.int64)
     pos = begin
@@ -183,31 +181,43 @@ def _decode_block_into(words, begin, end, table, raw, n_total, block_start, coun
             nbits[lane] -= n
             i = block_start + base + lane
             if lo <= i < hi:
-                out[i - lo] = _merge_value(entry & 0xFF, raw, n_total, i, wide)
+                value = _merge_value(entry & 0xFF, raw, n_total, i, wide)
+                if not check:
+                    out[i - lo] = value
+                elif out[i - lo] != value:
+                    return 2
     return 0 if pos == end else 1
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _decode_into(words, index, table, raw, n_total, steps, lo, hi, wide, out, status):
+def _decode_into(words, index, table, raw, n_total, steps, lo, hi, wide, out, status, check):
     block_size = LANES * steps
     first = lo // block_size
     for k in numba.prange(status.size):
         b = first + k
         start = b * block_size
         status[k] = _decode_block_into(words, index[b], index[b + 1], table, raw, n_total, start,
-                                       min(block_size, n_total - start), lo, hi, wide, out)
+                                       min(block_size, n_total - start), lo, hi, wide, out, check)
 
 
 def decode_into(words: np.ndarray, index: np.ndarray, table: np.ndarray, raw: np.ndarray, n_total: int,
-                steps: int, out: np.ndarray, lo: int = 0, where: str = "tensor") -> None:
-    """Decode weights [lo, lo + out.size) into `out` (uint16 for 16-bit floats, uint32 for fp32)."""
+                steps: int, out: np.ndarray, lo: int = 0, where: str = "tensor", check: bool = False) -> None:
+    """Decode weights [lo, lo + out.size) into `out` (uint16 for 16-bit floats, uint32 for fp32).
+
+    With `check`, `out` holds the expected bits and is compared instead of written: a
+    difference raises VerificationError naming the block.
+    """
     hi = lo + out.size
     if hi <= lo:
         return
     block_size = LANES * steps
     status = np.zeros(-(-hi // block_size) - lo // block_size, dtype=np.int64)
-    _decode_into(words, index, table.astype(np.int64), raw, n_total, steps, lo, hi, out.itemsize == 4, out, status)
-    bad = np.flatnonzero(status)
-    if bad.size:
-        raise CorruptDataError(f"{where}: coded stream of block {lo // block_size + int(bad[0])} does not decode "
-                               f"(truncated or corrupted data)")
+    _decode_into(words, index, table.astype(np.int64), raw, n_total, steps, lo, hi, out.itemsize == 4, out,
+                 status, check)
+    if (status == 1).any():
+        block = lo // block_size + int(np.flatnonzero(status == 1)[0])
+        raise CorruptDataError(f"{where}: coded stream of block {block} does not decode (truncated or corrupted data)")
+    if (status == 2).any():
+        block = lo // block_size + int(np.flatnonzero(status == 2)[0])
+        raise VerificationError(f"{where}: block {block} (weights from {block * block_size}) does not decode "
+                                f"back to its original bits")

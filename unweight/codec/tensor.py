@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import zstandard
 
-from ..errors import VerificationError
 from . import floats, huffman, lanes
 
 DEFAULT_STEPS = 1024       # symbols a lane decodes per block: 32 * 1024 weights a block
 CHUNK_BLOCKS = 512         # blocks encoded at once (16M weights): bounds memory on huge tensors
+MAX_CACHED_BYTES = 512 * 1024 * 1024  # tensors up to this size are read once; larger ones twice, by chunk
+_hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unweight-sha256")
 ZSTD_LEVEL = 3
 
 
@@ -49,11 +51,16 @@ def encode_float(dtype: str, numel: int, read: ReadRange, steps: int = DEFAULT_S
     """
     layout = floats.LAYOUTS[dtype]
     chunks = list(_chunks(numel, steps))
-    cached = read(0, numel * layout.width) if len(chunks) == 1 else None
+    cached = read(0, numel * layout.width) if numel * layout.width <= MAX_CACHED_BYTES else None
+
+    def chunk_bytes(start: int, stop: int) -> np.ndarray:
+        if cached is not None:
+            return cached[start * layout.width : stop * layout.width]
+        return read(start * layout.width, stop * layout.width)
+
     hist = np.zeros(huffman.NUM_SYMBOLS, dtype=np.int64)
     for start, stop in chunks:
-        data = cached if cached is not None else read(start * layout.width, stop * layout.width)
-        hist += floats.symbol_histogram(layout, data)
+        hist += floats.symbol_histogram(layout, chunk_bytes(start, stop))
     lengths = huffman.code_lengths(hist)
     codes = huffman.canonical_codes(lengths)
     table = huffman.decode_table(lengths) if verify else None
@@ -61,9 +68,8 @@ def encode_float(dtype: str, numel: int, read: ReadRange, steps: int = DEFAULT_S
     words, indices, raws = [], [], []
     word_base = 0
     for start, stop in chunks:
-        data = cached if cached is not None else read(start * layout.width, stop * layout.width)
-        digest.update(data)
-        consume(data)
+        data = chunk_bytes(start, stop)
+        _hash_both(digest, data, consume)
         sym, raw = floats.split(layout, data)
         w, index = lanes.encode(sym, codes, lengths, steps)
         if verify:
@@ -82,6 +88,14 @@ def encode_float(dtype: str, numel: int, read: ReadRange, steps: int = DEFAULT_S
     return EncodedTensor("lanes", streams, digest.hexdigest(), steps, lengths, huffman.entropy_bits(hist))
 
 
+def _hash_both(digest, data: np.ndarray, consume: Consume) -> None:
+    """The tensor's SHA-256 in a second thread while `consume` (the file's SHA-256) runs here:
+    hashlib releases the GIL, so the two hashes take one core each."""
+    pending = _hasher.submit(digest.update, data)
+    consume(data)
+    pending.result()
+
+
 def _chunks(numel: int, steps: int) -> Iterator[tuple[int, int]]:
     step = CHUNK_BLOCKS * lanes.LANES * steps
     for start in range(0, numel, step):
@@ -89,12 +103,10 @@ def _chunks(numel: int, steps: int) -> Iterator[tuple[int, int]]:
 
 
 def _check_chunk(layout, words, index, table, steps, raw, data, where, start) -> None:
-    """Decode the chunk just encoded and compare it bit for bit with its source bytes."""
-    back = np.empty(data.size // layout.width, dtype=np.uint16 if layout.width == 2 else np.uint32)
-    lanes.decode_into(words, index, table, raw, back.size, steps, back, where=where)
-    if not np.array_equal(back.view(np.uint8), data):
-        first = int(np.flatnonzero(back.view(np.uint8) != data)[0]) // layout.width
-        raise VerificationError(f"{where}: weight {start + first} does not decode back to its original bits")
+    """Decode the chunk just encoded and compare it, in the decoder, bit for bit with its source."""
+    expected = data.view(np.uint16 if layout.width == 2 else np.uint32)
+    lanes.decode_into(words, index, table, raw, expected.size, steps, expected, where=f"{where} (chunk from "
+                      f"weight {start})", check=True)
 
 
 def encode_other(data: np.ndarray) -> EncodedTensor:
