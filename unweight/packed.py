@@ -98,10 +98,10 @@ class PackedTensor:
         return r0 * row, r1 * row
 
     def decode_table(self, device) -> torch.Tensor:
-        """The int16[4096] lookup table on `device`, built once per device."""
+        """The GPU decoder's int16[4096 + 64] lookup table on `device`, built once per device."""
         key = str(device)
         if key not in self._tables:
-            self._tables[key] = torch.from_numpy(huffman.decode_table(self.code_lengths)).to(device)
+            self._tables[key] = torch.from_numpy(huffman.gpu_decode_table(self.code_lengths)).to(device)
         return self._tables[key]
 
     def _decode_triton(self, out: torch.Tensor, start: int, stream) -> None:

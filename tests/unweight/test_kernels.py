@@ -166,7 +166,9 @@ def test_decode_into_row_ranges_through_packed_tensor(rows):
     dict(rows=8, num_warps=4, unroll=4),
     dict(rows=4, num_warps=4, table=decode.TABLE_SHUFFLE, unroll=2),
     dict(rows=2, num_warps=2, table=decode.TABLE_SHUFFLE, unroll=4),
-], ids=["rows1-unroll1", "rows8-unroll4", "shuffle-unroll2", "shuffle-unroll4"])
+    dict(rows=1, num_warps=1, table=decode.TABLE_GLOBAL, unroll=4),
+    dict(rows=1, num_warps=1, table=decode.TABLE_PREFIX, unroll=2),
+], ids=["rows1-unroll1", "rows8-unroll4", "shuffle-unroll2", "shuffle-unroll4", "global-unroll4", "prefix-unroll2"])
 def test_kernel_variants_agree(config):
     # the interpreter runs a configuration as given only without inline PTX (scan prefix, no prefetch)
     config = decode.DecodeConfig(prefix=decode.PREFIX_SCAN, prefetch=False, **config)
@@ -177,14 +179,14 @@ def test_kernel_variants_agree(config):
         assert_matches_cpu(p, 90, 500, config=config)
 
 
-def test_shuffle_table_decodes_long_codes():
-    # a skewed histogram gives many codes longer than the 6 bits kept in registers
+@pytest.mark.parametrize("table", [decode.TABLE_SHUFFLE, decode.TABLE_PREFIX], ids=["shuffle", "prefix"])
+def test_first_level_tables_decode_long_codes(table):
+    # a skewed histogram gives many codes longer than the 6 bits the first level resolves
     g = torch.Generator().manual_seed(6)
     symbols = torch.where(torch.rand(3000, generator=g) < 0.5, 100, torch.randint(0, 256, (3000,), generator=g))
     p = pack(with_symbols(symbols, torch.bfloat16), steps=8)
     assert int(p.code_lengths.max()) > 6
-    assert_matches_cpu(p, config=decode.DecodeConfig(table=decode.TABLE_SHUFFLE, prefix=decode.PREFIX_SCAN,
-                                                     prefetch=False))
+    assert_matches_cpu(p, config=decode.DecodeConfig(table=table, prefix=decode.PREFIX_SCAN, prefetch=False))
 
 
 def test_plan_decodes_many_items_in_one_launch_per_width():
@@ -232,8 +234,8 @@ def call(p: PackedTensor, out: torch.Tensor, **overrides) -> None:
     (dict(start=-1), "not inside"),
     (dict(dtype="I32"), "not coded with lanes"),
     (dict(steps=16), "index holds"),
-    (dict(table=torch.zeros(4096, dtype=torch.int32)), "table must be a contiguous 1-D torch.int16"),
-    (dict(table=torch.zeros(4095, dtype=torch.int16)), "table holds 4095"),
+    (dict(table=torch.zeros(4160, dtype=torch.int32)), "table must be a contiguous 1-D torch.int16"),
+    (dict(table=torch.zeros(4096, dtype=torch.int16)), "table holds 4096"),
     (dict(raw=torch.zeros(299, dtype=torch.uint8)), "raw holds 299"),
     (dict(words=torch.zeros(7, dtype=torch.uint8)), "whole, 2-byte aligned"),
     (dict(index=torch.zeros(8 * 3, dtype=torch.int64)), "index must be a contiguous 1-D torch.uint8"),
@@ -257,7 +259,7 @@ def test_empty_output_launches_nothing(small):
 
 
 @pytest.mark.parametrize("kwargs", [dict(rows=3), dict(rows=2, num_warps=4), dict(rows=8, num_warps=4),
-                                    dict(unroll=3), dict(prefix=7), dict(table=2), dict(num_warps=32, rows=32)])
+                                    dict(unroll=3), dict(prefix=7), dict(table=3), dict(num_warps=32, rows=32)])
 def test_config_refuses_bad_values(kwargs):
     with pytest.raises(UnweightError, match="DecodeConfig"):
         decode.DecodeConfig(**kwargs)

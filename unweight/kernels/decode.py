@@ -33,7 +33,7 @@ import triton.language as tl
 
 from ..codec import floats
 from ..codec.huffman import MAX_CODE_LEN as _MAX_CODE_LEN
-from ..codec.huffman import TABLE_SIZE
+from ..codec.huffman import PREFIX_BITS, PREFIX_ENTRIES, TABLE_SIZE
 from ..codec.lanes import LANES as _LANES
 from ..codec.lanes import WORD_BITS as _WORD_BITS
 from ..errors import UnweightError
@@ -55,18 +55,22 @@ PREFIX_BALLOT = 1   # vote.ballot + popc in inline PTX: CUDA only, needs lane j 
 # Where the 4096-entry decode table is read.
 TABLE_GLOBAL = 0    # every lookup from global memory (the 8 KiB table stays in L1)
 TABLE_SHUFFLE = 1   # codes <= 6 bits from a 64-entry copy in registers (warp shuffle), longer from global
+TABLE_PREFIX = 2    # codes <= 6 bits from the table's 64-entry first level (one cache line), longer from global
 _PREFIX_BALLOT = tl.constexpr(PREFIX_BALLOT)
 _TABLE_SHUFFLE = tl.constexpr(TABLE_SHUFFLE)
+_TABLE_PREFIX = tl.constexpr(TABLE_PREFIX)
+FIRST_LEVEL = tl.constexpr(TABLE_SIZE)                     # where the 64-entry first level starts
+PREFIX_SHIFT = tl.constexpr(32 - PREFIX_BITS)              # buf >> PREFIX_SHIFT = the next 6 bits
 
 
 @dataclass(frozen=True)
 class DecodeConfig:
     """Tunables of the decode kernel; benchmarks/gpu_decode.py sweeps them on the target GPU."""
 
-    rows: int = 4            # blocks a program decodes at once
-    num_warps: int = 4       # warps a program; rows / num_warps blocks per thread (1 with the ballot prefix)
+    rows: int = 1            # blocks a program decodes at once
+    num_warps: int = 1       # warps a program; rows / num_warps blocks per thread (1 with the ballot prefix)
     prefix: int = PREFIX_BALLOT
-    table: int = TABLE_GLOBAL
+    table: int = TABLE_PREFIX
     prefetch: bool = True    # PTX prefetch of raw bytes and lane words ahead of use (CUDA only)
     unroll: int = 4          # steps per loop iteration (the prefetch is issued once an iteration)
 
@@ -75,15 +79,15 @@ class DecodeConfig:
                   and (self.prefix != PREFIX_BALLOT or self.rows == self.num_warps),
                   "num_warps": self.num_warps in (1, 2, 4, 8, 16),
                   "prefix": self.prefix in (PREFIX_SCAN, PREFIX_BALLOT),
-                  "table": self.table in (TABLE_GLOBAL, TABLE_SHUFFLE),
+                  "table": self.table in (TABLE_GLOBAL, TABLE_SHUFFLE, TABLE_PREFIX),
                   "unroll": self.unroll in (1, 2, 4)}
         for name, ok in checks.items():
             if not ok:
                 raise UnweightError(f"DecodeConfig.{name}={getattr(self, name)!r} is not allowed "
                                     f"(rows: a power of two, at least num_warps, equal to it with the ballot "
                                     f"prefix; num_warps: 1..16, a power of two; "
-                                    f"prefix: {PREFIX_SCAN} or {PREFIX_BALLOT}; table: {TABLE_GLOBAL} or "
-                                    f"{TABLE_SHUFFLE}; unroll: 1, 2 or 4)")
+                                    f"prefix: {PREFIX_SCAN} or {PREFIX_BALLOT}; table: {TABLE_GLOBAL}, "
+                                    f"{TABLE_SHUFFLE} or {TABLE_PREFIX}; unroll: 1, 2 or 4)")
 
     def portable(self) -> "DecodeConfig":
         """The tile for the Triton interpreter: no inline PTX, and at least 32 rows, since the
@@ -141,6 +145,12 @@ def _lookup(buf, table_ptr, small, TABLE: tl.constexpr):
         top = peek >> (MAX_CODE_LEN - SMALL_BITS)
         pair = tl.gather(small, top >> 1, axis=1)
         entry = (pair >> ((top & 1) * 16)) & 0xFFFF
+        long_code = (entry >> 8) > SMALL_BITS
+        full = tl.load(table_ptr + peek, mask=long_code, other=0).to(tl.uint16, bitcast=True).to(tl.int32)
+        entry = tl.where(long_code, full, entry)
+    elif TABLE == _TABLE_PREFIX:
+        entry = tl.load(table_ptr + FIRST_LEVEL + (buf >> PREFIX_SHIFT).to(tl.int32))
+        entry = entry.to(tl.uint16, bitcast=True).to(tl.int32)
         long_code = (entry >> 8) > SMALL_BITS
         full = tl.load(table_ptr + peek, mask=long_code, other=0).to(tl.uint16, bitcast=True).to(tl.int32)
         entry = tl.where(long_code, full, entry)
@@ -294,7 +304,7 @@ def _decode_lanes_kernel(words_ptr, index_ptr, table_ptr, raw_ptr, out_ptr, nume
                          PREFIX: tl.constexpr, TABLE: tl.constexpr, PREFETCH: tl.constexpr,
                          UNROLL: tl.constexpr):
     # words_ptr int16 [W] lane words; index_ptr int64 [blocks + 1] word offset of each block;
-    # table_ptr int16 [4096]; raw_ptr uint8 [RAW_PLANES, numel_total]; out_ptr int16/int32 [stop - start]
+    # table_ptr int16 [4096 + 64] (full table, then its 6-bit first level); raw_ptr uint8 [RAW_PLANES, numel_total]; out_ptr int16/int32 [stop - start]
     _decode_rows(words_ptr, index_ptr, table_ptr, raw_ptr, out_ptr, numel_total, start, stop, first_block,
                  num_blocks, steps, tl.program_id(0), ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL)
 
@@ -482,7 +492,7 @@ def _check_args(words, index, table, raw, out, numel_total, steps, dtype, start)
     num_blocks = -(-numel_total // (_LANES * steps))
     expected = {"words": (words, torch.uint8, None), "index": (index, torch.uint8, 8 * (num_blocks + 1)),
                 "raw": (raw, torch.uint8, layout.raw_planes * numel_total),
-                "table": (table, torch.int16, TABLE_SIZE)}
+                "table": (table, torch.int16, TABLE_SIZE + PREFIX_ENTRIES)}
     for name, (t, want_dtype, want_numel) in expected.items():
         if t.dtype != want_dtype or t.dim() != 1 or not t.is_contiguous():
             raise UnweightError(f"decode_lanes: {name} must be a contiguous 1-D {want_dtype} tensor, got "
