@@ -14,7 +14,7 @@ import numpy as np
 
 from . import __version__
 from .codec import floats
-from .codec.tensor import DEFAULT_STEPS, EncodedTensor, encode_float, encode_other
+from .codec.tensor import EncodedTensor, choose_steps, encode_float, encode_other
 from .errors import DestinationError
 from .format.output_dir import atomic_directory
 from .format.manifest import MANIFEST_NAME, SHARD_ROLES, Manifest, SourceFile, TensorRecord
@@ -63,9 +63,13 @@ Progress = Callable[[int], None]  # called with bytes of source tensor data done
 
 
 def compress(src: str | Path, dst: str | Path, *, force: bool = False, verify: bool = True,
-             shard_bytes: int = DEFAULT_SHARD_BYTES, steps: int = DEFAULT_STEPS,
+             shard_bytes: int = DEFAULT_SHARD_BYTES, steps: int | None = None,
              progress: Progress | None = None) -> CompressReport:
-    """Compress SRC into the packed directory DST (atomically: a temporary directory renamed at the end)."""
+    """Compress SRC into the packed directory DST (atomically: a temporary directory renamed at the end).
+
+    `steps` fixes the block length of every coded tensor; by default it is chosen per tensor
+    (codec.tensor.choose_steps).
+    """
     source = resolve_source(src)
     dst = Path(dst).expanduser().absolute()
     _check_destination(source, dst, force)
@@ -92,7 +96,7 @@ def _check_destination(source: SourceCheckpoint, dst: Path, force: bool) -> None
 
 
 def _write_packed(source: SourceCheckpoint, out: Path, report: CompressReport, verify: bool,
-                  shard_bytes: int, steps: int, progress: Progress) -> Manifest:
+                  shard_bytes: int, steps: int | None, progress: Progress) -> Manifest:
     manifest = Manifest(created_by=f"unweight {__version__}")
     shards = _ShardWriter(out, shard_bytes)
     for rel in source.weight_files:
@@ -120,12 +124,12 @@ def _write_packed(source: SourceCheckpoint, out: Path, report: CompressReport, v
     return manifest
 
 
-def _encode_entry(header: SafetensorsHeader, entry: TensorEntry, steps: int, verify: bool,
+def _encode_entry(header: SafetensorsHeader, entry: TensorEntry, steps: int | None, verify: bool,
                   consume: Callable[[np.ndarray], None]) -> EncodedTensor:
     where = f"{header.path.name}: tensor {entry.name!r}"
     if entry.dtype in floats.LAYOUTS and entry.numel > 0:
         return encode_float(entry.dtype, entry.numel, lambda a, b: read_range(header, entry, a, b),
-                            steps=steps, where=where, verify=verify, consume=consume)
+                            steps=steps or choose_steps(entry.numel), where=where, verify=verify, consume=consume)
     data = read_range(header, entry)
     consume(data)
     return encode_other(data)

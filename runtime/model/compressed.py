@@ -5,6 +5,10 @@ Two buffer sets alternate: layer i computes from set i % 2 while layer i + 1 is
 decoded into the other set. On CUDA that decode runs on a side stream, ordered
 by events: decode(i + 1) starts after layer i - 1 (the last user of its set) is
 done, and layer i + 1 waits for its decode. On CPU decoding is synchronous.
+
+With the Triton decoder, each layer's matrices are decoded by one batched launch
+(an unweight DecodePlan built at load time for that layer and its buffer set);
+the plan allocates nothing and does not synchronize, so CUDA graphs capture it.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import re
 
 import torch
 from torch import nn
+
+from unweight.packed import resolve_backend
 
 from infire.errors import ModelLoadError
 
@@ -39,6 +45,10 @@ class LayerWeightStreamer:
         ]
         # per layer: (packed tensor, destination view) pairs
         self.packed: list[list[tuple[object, torch.Tensor]]] = [[] for _ in layers]
+        # per layer, once finish() ran with the Triton decoder: one DecodePlan for its lanes-coded
+        # matrices, and the (packed, out) pairs of any other encoding, decoded one by one
+        self.plans: list[object] = []
+        self.unplanned: list[list[tuple[object, torch.Tensor]]] = []
         self.side_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.decoded = [torch.cuda.Event() for _ in layers] if self.side_stream else []
 
@@ -75,13 +85,31 @@ class LayerWeightStreamer:
                                  f"expected {out.dtype} {tuple(out.shape)}")
         self.packed[index].append((packed, out))
 
+    def finish(self) -> None:
+        """Build each layer's batched decode plan once every packed tensor is in (Triton decoder only)."""
+        if resolve_backend(None, self.device) != "triton":
+            return
+        from unweight.kernels.decode import DecodeItem, DecodePlan  # lazy: Triton is optional
+
+        self.plans, self.unplanned = [], []
+        for pairs in self.packed:
+            lanes = [(packed, out) for packed, out in pairs if packed.encoding == "lanes"]
+            self.plans.append(DecodePlan([DecodeItem.from_packed(packed, out) for packed, out in lanes]))
+            self.unplanned.append([(packed, out) for packed, out in pairs if packed.encoding != "lanes"])
+
     def resident_bytes(self) -> int:
         packed = sum(p.nbytes for layer in self.packed for p, _ in layer)
         buffers = sum(t.numel() * t.element_size() for s in self.buffers for t in s.values())
         return packed + buffers
 
     def decode_layer(self, index: int) -> None:
-        for packed, out in self.packed[index]:
+        """Decode layer `index`'s weights into its buffer set (on the current stream with plans)."""
+        if self.plans:
+            self.plans[index].launch()
+            pairs = self.unplanned[index]
+        else:
+            pairs = self.packed[index]
+        for packed, out in pairs:
             packed.decode_into(out, stream=self.side_stream)
 
     def before_layer(self, index: int) -> None:

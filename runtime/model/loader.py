@@ -56,6 +56,8 @@ def load_model(config: ModelConfig, path: str, device: torch.device, dtype: torc
         model.tie_weights()
         model.reset_buffers(device)
         loaded = _load_tensors(model, f, path, dtype, streamer)
+        if streamer is not None:
+            streamer.finish()
     missing = sorted(expected - loaded)
     if missing:
         raise ModelLoadError(f"{path}: {len(missing)} tensors are missing, e.g. {missing[:4]}")

@@ -1,0 +1,70 @@
+"""Compressed weights decoded by the Triton decoder's batched plan (one launch per layer),
+run by the Triton interpreter on the CPU: logits bit-identical to dense weights.
+
+TRITON_INTERPRET must be set when `@triton.jit` decorates the kernels, so this module
+imports unweight.kernels.decode with it set (reloading the module if an earlier import
+compiled it for a GPU), as tests/unweight/test_kernels.py does, and restores the variable.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import pytest
+import torch
+
+from .conftest import build_tiny_model, make_engine
+
+PROMPT = [5, 17, 99, 3, 250, 42, 7]
+
+_SAVED_INTERPRET = os.environ.get("TRITON_INTERPRET")
+os.environ["TRITON_INTERPRET"] = "1"
+try:
+    pytest.importorskip("triton")
+    from unweight.kernels import decode
+
+    if type(decode._decode_many_kernel).__name__ != "InterpretedFunction":
+        decode = importlib.reload(decode)
+finally:
+    if _SAVED_INTERPRET is None:
+        del os.environ["TRITON_INTERPRET"]
+    else:
+        os.environ["TRITON_INTERPRET"] = _SAVED_INTERPRET
+
+
+@pytest.fixture(scope="module")
+def packed_bf16(tmp_path_factory):
+    """A 3-layer bf16 tiny Llama (an odd count, so both buffer sets and the last layer show) and its packed form."""
+    import unweight
+
+    plain = build_tiny_model(tmp_path_factory.mktemp("bf16"), "llama", dtype=torch.bfloat16, num_hidden_layers=3)
+    packed = tmp_path_factory.mktemp("packed") / "model"
+    unweight.compress(plain, packed)
+    return plain, packed
+
+
+def test_planned_decode_matches_dense_bit_for_bit(packed_bf16, monkeypatch):
+    plain, packed = packed_bf16
+    dense = make_engine(plain, dtype="checkpoint")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("UNWEIGHT_BACKEND", "triton")
+    assert type(decode._decode_many_kernel).__name__ == "InterpretedFunction"
+    compressed = make_engine(packed, weights="compressed")
+    streamer = compressed.runner.loaded.streamer
+    assert len(streamer.plans) == 3 and all(len(plan.items) == 7 for plan in streamer.plans)
+    for buffers in streamer.buffers:  # nothing decoded yet: poison both sets
+        for weight in buffers.values():
+            weight.view(torch.int16).fill_(0x5A5A)
+    expected = dense.compute_logits(PROMPT)
+    logits = compressed.compute_logits(PROMPT)
+    assert torch.equal(logits.view(torch.int32), expected.view(torch.int32))
+    assert torch.equal(compressed.compute_logits(PROMPT).view(torch.int32), expected.view(torch.int32))
+
+
+def test_cpu_backend_builds_no_plans(packed_bf16, monkeypatch):
+    _, packed = packed_bf16
+    monkeypatch.delenv("UNWEIGHT_BACKEND", raising=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    compressed = make_engine(packed, weights="compressed")
+    assert compressed.runner.loaded.streamer.plans == []
