@@ -454,6 +454,10 @@ def run_compressed(args, run: Run, plain: Path, dense_tokens: dict | None, scrat
         report_checks(checks)
     with phase(run, "infire compressed: timing"):
         run.results.append(infire_figures(engine, plan, "infire (compressed)", vocab))
+    streamer = engine.runner.loaded.streamer
+    run.extra["compressed_layer_bytes"] = {"packed_per_layer": streamer.packed_bytes() / layers,
+                                           "decode_buffers": streamer.buffer_bytes(),
+                                           "num_buffer_sets": len(streamer.buffers)}
     del engine
     free_device_memory(plan.device)
 
@@ -541,7 +545,24 @@ def summary(run: Run, bandwidth: float, weight_bytes: int, num_layers: int) -> d
         dense = next(f for f in run.results if f.engine.startswith("infire (dense") and f.layers == compressed.layers
                      and "eager" not in f.engine)
         out["compressed"] = compressed_summary(compressed, dense)
+        if "compressed_layer_bytes" in run.extra:
+            out["compressed"]["full_model_derived"] = full_model_compressed_bytes(
+                run.extra["compressed_layer_bytes"], weight_bytes, num_layers)
     return out
+
+
+def full_model_compressed_bytes(layer_bytes: dict, dense_bytes: int, num_layers: int) -> dict:
+    """What the whole model would weigh resident in compressed mode, derived (not measured) from the
+    packed bytes per layer measured on the smaller model: the dense model less every layer's dense
+    linear weights (one buffer set holds exactly one layer's), plus num_layers packed layers and the
+    decode buffer sets. Embedding, lm_head and norms stay dense."""
+    buffers = layer_bytes["decode_buffers"]
+    dense_layer_linear = buffers / layer_bytes["num_buffer_sets"]
+    packed = num_layers * layer_bytes["packed_per_layer"]
+    total = dense_bytes - num_layers * dense_layer_linear + packed + buffers
+    return {"num_layers": num_layers, "packed_layers_bytes": packed, "decode_buffers_bytes": buffers,
+            "dense_other_bytes": dense_bytes - num_layers * dense_layer_linear, "total_bytes": total,
+            "dense_total_bytes": dense_bytes, "ratio": total / dense_bytes}
 
 
 def engine_summary(fig: Figures, limit: float | None) -> dict:
@@ -613,6 +634,14 @@ def notes(run: Run, figures: dict) -> list[str]:
             + ", ".join(f"batch {b} {c[f'batch{b}_slowdown']:.2f}x "
                         f"(+{c[f'batch{b}_extra_ms_per_step_per_layer']:.3f} ms per step per layer)"
                         for b in plan.batches) + ".")
+        full = c.get("full_model_derived")
+        if full:
+            lines.append(
+                f"Full {full['num_layers']}-layer model in compressed mode (derived from the measured packed bytes per "
+                f"layer, not measured): {size_text(full['total_bytes'])} vs {size_text(full['dense_total_bytes'])} "
+                f"dense ({full['ratio']:.1%}) = {size_text(full['dense_other_bytes'])} dense embedding, lm_head and "
+                f"norms + {size_text(full['packed_layers_bytes'])} packed layers + "
+                f"{size_text(full['decode_buffers_bytes'])} decode buffers (two layer sets).")
     failed = [c for c in run.checks if c.status == "FAIL"]
     verdict = "FAILED: " + "; ".join(f"{c.name} ({c.detail})" for c in failed) if failed else "all passed"
     counts = {s: sum(c.status == s for c in run.checks) for s in ("PASS", "FAIL", "SKIP")}

@@ -222,8 +222,9 @@ class Bench:
 
 def variant_name(cfg) -> str:
     prefix = "ballot" if cfg.prefix == 1 else "scan"
-    table = "shuffle" if cfg.table == 1 else "global"
-    return f"{prefix}/{table}/r{cfg.rows}w{cfg.num_warps}/u{cfg.unroll}/{'pf' if cfg.prefetch else 'nopf'}"
+    table = {0: "global", 1: "shuffle", 2: "prefix"}[cfg.table]
+    chains = f"/c{cfg.chains}" if cfg.chains > 1 else ""
+    return f"{prefix}/{table}/r{cfg.rows}w{cfg.num_warps}/u{cfg.unroll}{chains}/{'pf' if cfg.prefetch else 'nopf'}"
 
 
 def poisoned(count: int, dtype: torch.dtype, device) -> torch.Tensor:
@@ -301,6 +302,9 @@ def sweep_configs(kd, quick: bool) -> list:
         for unroll in (2, 4):
             for prefetch in (True, False):
                 configs.append(c(1, 1, ballot, table, prefetch, unroll))
+    for table in (prefix, glob):
+        for unroll in (2, 4):
+            configs.append(c(1, 1, ballot, table, True, unroll, chains=2))
     configs += [c(2, 2, ballot, prefix, True, 4), c(4, 4, scan, prefix, True, 4)]
     unique = list(dict.fromkeys(configs))
     return unique[:4] if quick else unique

@@ -97,10 +97,16 @@ class LayerWeightStreamer:
             self.plans.append(DecodePlan([DecodeItem.from_packed(packed, out) for packed, out in lanes]))
             self.unplanned.append([(packed, out) for packed, out in pairs if packed.encoding != "lanes"])
 
+    def packed_bytes(self) -> int:
+        """Bytes of the packed weights of every layer."""
+        return sum(p.nbytes for layer in self.packed for p, _ in layer)
+
+    def buffer_bytes(self) -> int:
+        """Bytes of the decode buffer sets (each holds one layer's dense linear weights)."""
+        return sum(t.numel() * t.element_size() for s in self.buffers for t in s.values())
+
     def resident_bytes(self) -> int:
-        packed = sum(p.nbytes for layer in self.packed for p, _ in layer)
-        buffers = sum(t.numel() * t.element_size() for s in self.buffers for t in s.values())
-        return packed + buffers
+        return self.packed_bytes() + self.buffer_bytes()
 
     def decode_layer(self, index: int) -> None:
         """Decode layer `index`'s weights into its buffer set (on the current stream with plans)."""

@@ -46,6 +46,10 @@ def test_throughput_benchmark_packs_and_compares_compressed_weights(tmp_path):
     compressed = summary["compressed"]
     assert compressed["layers"] == 1 and compressed["batch1_slowdown"] > 0
     assert compressed["weights_bytes_compressed"] > 0
+    full = compressed["full_model_derived"]  # 2-layer model projected from the 1 packed layer
+    assert full["num_layers"] == 2 and full["dense_total_bytes"] == results["weight_bytes"]
+    assert full["total_bytes"] == full["dense_other_bytes"] + full["packed_layers_bytes"] + full["decode_buffers_bytes"]
+    assert "Full 2-layer model in compressed mode (derived" in result.stdout
     statuses = {check["name"]: check["status"] for check in results["checks"]}
     assert statuses["compressed == dense, batch 5 padded to 8"] == "PASS" and summary["checks_passed"]
     assert "Self-check (3 passed, 0 failed, 2 skipped): all passed." in result.stdout

@@ -168,7 +168,10 @@ def test_decode_into_row_ranges_through_packed_tensor(rows):
     dict(rows=2, num_warps=2, table=decode.TABLE_SHUFFLE, unroll=4),
     dict(rows=1, num_warps=1, table=decode.TABLE_GLOBAL, unroll=4),
     dict(rows=1, num_warps=1, table=decode.TABLE_PREFIX, unroll=2),
-], ids=["rows1-unroll1", "rows8-unroll4", "shuffle-unroll2", "shuffle-unroll4", "global-unroll4", "prefix-unroll2"])
+    dict(rows=1, num_warps=1, table=decode.TABLE_PREFIX, unroll=4, chains=2),
+    dict(rows=4, num_warps=4, unroll=2, chains=2),
+], ids=["rows1-unroll1", "rows8-unroll4", "shuffle-unroll2", "shuffle-unroll4", "global-unroll4", "prefix-unroll2",
+        "two-chains", "two-chains-rows4"])
 def test_kernel_variants_agree(config):
     # the interpreter runs a configuration as given only without inline PTX (scan prefix, no prefetch)
     config = decode.DecodeConfig(prefix=decode.PREFIX_SCAN, prefetch=False, **config)
@@ -259,7 +262,8 @@ def test_empty_output_launches_nothing(small):
 
 
 @pytest.mark.parametrize("kwargs", [dict(rows=3), dict(rows=2, num_warps=4), dict(rows=8, num_warps=4),
-                                    dict(unroll=3), dict(prefix=7), dict(table=3), dict(num_warps=32, rows=32)])
+                                    dict(unroll=3), dict(prefix=7), dict(table=3), dict(num_warps=32, rows=32),
+                                    dict(chains=3)])
 def test_config_refuses_bad_values(kwargs):
     with pytest.raises(UnweightError, match="DecodeConfig"):
         decode.DecodeConfig(**kwargs)

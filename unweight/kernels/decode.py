@@ -73,6 +73,7 @@ class DecodeConfig:
     table: int = TABLE_PREFIX
     prefetch: bool = True    # PTX prefetch of raw bytes and lane words ahead of use (CUDA only)
     unroll: int = 4          # steps per loop iteration (the prefetch is issued once an iteration)
+    chains: int = 1          # independent [rows, 32] tiles a program steps through together (1 or 2)
 
     def __post_init__(self):
         checks = {"rows": self.rows >= self.num_warps and self.rows & (self.rows - 1) == 0
@@ -80,14 +81,15 @@ class DecodeConfig:
                   "num_warps": self.num_warps in (1, 2, 4, 8, 16),
                   "prefix": self.prefix in (PREFIX_SCAN, PREFIX_BALLOT),
                   "table": self.table in (TABLE_GLOBAL, TABLE_SHUFFLE, TABLE_PREFIX),
-                  "unroll": self.unroll in (1, 2, 4)}
+                  "unroll": self.unroll in (1, 2, 4),
+                  "chains": self.chains in (1, 2)}
         for name, ok in checks.items():
             if not ok:
                 raise UnweightError(f"DecodeConfig.{name}={getattr(self, name)!r} is not allowed "
                                     f"(rows: a power of two, at least num_warps, equal to it with the ballot "
                                     f"prefix; num_warps: 1..16, a power of two; "
                                     f"prefix: {PREFIX_SCAN} or {PREFIX_BALLOT}; table: {TABLE_GLOBAL}, "
-                                    f"{TABLE_SHUFFLE} or {TABLE_PREFIX}; unroll: 1, 2 or 4)")
+                                    f"{TABLE_SHUFFLE} or {TABLE_PREFIX}; unroll: 1, 2 or 4; chains: 1 or 2)")
 
     def portable(self) -> "DecodeConfig":
         """The tile for the Triton interpreter: no inline PTX, and at least 32 rows, since the
@@ -257,11 +259,10 @@ def _decode_loop(num_steps, rel, raw_at, out_at, word_row, word_limit, active_en
 
 
 @triton.jit
-def _decode_rows(words_ptr, index_ptr, table_ptr, raw_ptr, out_ptr, numel_total, start, stop, first_block,
-                 num_blocks, steps, tile, ROWS: tl.constexpr, RAW_PLANES: tl.constexpr, PREFIX: tl.constexpr,
-                 TABLE: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr):
-    """Decode blocks first_block + tile * ROWS + [0, ROWS), writing elements [start, stop) to out."""
-    rows = tile * ROWS + tl.arange(0, ROWS)                # [ROWS] block, relative to first_block
+def _row_setup(words_ptr, index_ptr, raw_ptr, out_ptr, numel_total, start, stop, first_block, num_blocks, steps,
+               first_row, ROWS: tl.constexpr, UNROLL: tl.constexpr):
+    """Per-lane state and limits of blocks first_block + first_row + [0, ROWS)."""
+    rows = first_row + tl.arange(0, ROWS)                  # [ROWS] block, relative to first_block
     is_row = rows < num_blocks                             # rows past the last block decode nothing
     block = tl.where(is_row, first_block + rows, 0).to(tl.int64)
     block_size = steps * LANES
@@ -284,29 +285,90 @@ def _decode_rows(words_ptr, index_ptr, table_ptr, raw_ptr, out_ptr, numel_total,
     raw_at = raw_row + lane                                # [ROWS, LANES], advanced a step at a time
     out_at = out_ptr + (elem0 - start)[:, None] + lane     # may point outside out: writes are masked
     rel = lane - lo
+    num_steps = (tl.reduce(hi, 0, _max).to(tl.int32) + LANES - 1) // LANES   # later steps write nothing
+    return (rel, raw_at, out_at, word_row, word_limit, active_end, span, raw_row, lo, last,
+            unmasked, num_steps)
+
+
+@triton.jit
+def _decode_rows(words_ptr, index_ptr, table_ptr, raw_ptr, out_ptr, numel_total, start, stop, first_block,
+                 num_blocks, steps, tile, ROWS: tl.constexpr, RAW_PLANES: tl.constexpr, PREFIX: tl.constexpr,
+                 TABLE: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr, CHAINS: tl.constexpr):
+    """Decode blocks first_block + tile * ROWS * CHAINS + [0, ROWS * CHAINS), writing elements [start, stop).
+
+    With CHAINS == 2 a program runs two independent [ROWS, LANES] tiles step by step: twice the
+    memory requests in flight per warp, without a wider tile (whose layout the ballot could not trust).
+    """
     plane_stride = numel_total.to(tl.int64)
     if TABLE == _TABLE_SHUFFLE:
         small = _small_table(table_ptr, ROWS)
     else:
         small = 0  # unused
-    num_steps = (tl.reduce(hi, 0, _max).to(tl.int32) + LANES - 1) // LANES   # later steps write nothing
-    if unmasked:
-        _decode_loop(num_steps, rel, raw_at, out_at, word_row, word_limit, active_end, span, plane_stride,
-                     table_ptr, small, raw_row, lo, last, ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL, False)
+    (rel, raw_at, out_at, word_row, word_limit, active_end, span, raw_row, lo, last, unmasked,
+     num_steps) = _row_setup(words_ptr, index_ptr, raw_ptr, out_ptr, numel_total, start, stop, first_block,
+                             num_blocks, steps, tile * ROWS * CHAINS, ROWS, UNROLL)
+    if CHAINS == 1:
+        if unmasked:
+            _decode_loop(num_steps, rel, raw_at, out_at, word_row, word_limit, active_end, span, plane_stride,
+                         table_ptr, small, raw_row, lo, last, ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL, False)
+        else:
+            _decode_loop(num_steps, rel, raw_at, out_at, word_row, word_limit, active_end, span, plane_stride,
+                         table_ptr, small, raw_row, lo, last, ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL, True)
     else:
-        _decode_loop(num_steps, rel, raw_at, out_at, word_row, word_limit, active_end, span, plane_stride,
-                     table_ptr, small, raw_row, lo, last, ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL, True)
+        (rel2, raw_at2, out_at2, word_row2, word_limit2, active_end2, span2, raw_row2, lo2, last2, unmasked2,
+         num_steps2) = _row_setup(words_ptr, index_ptr, raw_ptr, out_ptr, numel_total, start, stop, first_block,
+                                  num_blocks, steps, tile * ROWS * CHAINS + ROWS, ROWS, UNROLL)
+        num_steps = tl.maximum(num_steps, num_steps2)
+        if unmasked & unmasked2:
+            _decode_loop2(num_steps, rel, raw_at, out_at, word_row, word_limit, active_end, span, raw_row, lo, last,
+                          rel2, raw_at2, out_at2, word_row2, word_limit2, active_end2, span2, raw_row2, lo2, last2,
+                          plane_stride, table_ptr, small, ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL, False)
+        else:
+            _decode_loop2(num_steps, rel, raw_at, out_at, word_row, word_limit, active_end, span, raw_row, lo, last,
+                          rel2, raw_at2, out_at2, word_row2, word_limit2, active_end2, span2, raw_row2, lo2, last2,
+                          plane_stride, table_ptr, small, ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL, True)
+
+
+@triton.jit
+def _decode_loop2(num_steps, rel, raw_at, out_at, word_row, word_limit, active_end, span, raw_row, lo, last,
+                  rel2, raw_at2, out_at2, word_row2, word_limit2, active_end2, span2, raw_row2, lo2, last2,
+                  plane_stride, table_ptr, small, ROWS: tl.constexpr, RAW_PLANES: tl.constexpr,
+                  PREFIX: tl.constexpr, TABLE: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr,
+                  MASKED: tl.constexpr):
+    """_decode_loop for two independent tiles, interleaved step by step."""
+    buf = tl.full([ROWS, LANES], 0, tl.uint32)
+    room = tl.full([ROWS, LANES], WORD_BITS, tl.int32)
+    wpos = tl.full([ROWS, LANES], 0, tl.int32)
+    buf2 = tl.full([ROWS, LANES], 0, tl.uint32)
+    room2 = tl.full([ROWS, LANES], WORD_BITS, tl.int32)
+    wpos2 = tl.full([ROWS, LANES], 0, tl.int32)
+    for _ in range(0, num_steps, UNROLL):
+        if PREFETCH:
+            ahead = tl.minimum(rel + lo + PREFETCH_STEPS * LANES, last)
+            ahead2 = tl.minimum(rel2 + lo2 + PREFETCH_STEPS * LANES, last2)
+            for p in tl.static_range(RAW_PLANES):
+                _prefetch(raw_row + p * plane_stride + ahead)
+                _prefetch(raw_row2 + p * plane_stride + ahead2)
+            _prefetch(word_row + tl.maximum(tl.minimum(wpos + PREFETCH_WORDS, word_limit - 1), 0))
+            _prefetch(word_row2 + tl.maximum(tl.minimum(wpos2 + PREFETCH_WORDS, word_limit2 - 1), 0))
+        for _u in tl.static_range(UNROLL):
+            buf, room, wpos, rel, raw_at, out_at = _decode_step(
+                buf, room, wpos, rel, raw_at, out_at, word_row, word_limit, active_end, span, plane_stride,
+                table_ptr, small, RAW_PLANES, PREFIX, TABLE, MASKED)
+            buf2, room2, wpos2, rel2, raw_at2, out_at2 = _decode_step(
+                buf2, room2, wpos2, rel2, raw_at2, out_at2, word_row2, word_limit2, active_end2, span2,
+                plane_stride, table_ptr, small, RAW_PLANES, PREFIX, TABLE, MASKED)
 
 
 @triton.jit
 def _decode_lanes_kernel(words_ptr, index_ptr, table_ptr, raw_ptr, out_ptr, numel_total, start, stop,
                          first_block, num_blocks, steps, ROWS: tl.constexpr, RAW_PLANES: tl.constexpr,
                          PREFIX: tl.constexpr, TABLE: tl.constexpr, PREFETCH: tl.constexpr,
-                         UNROLL: tl.constexpr):
+                         UNROLL: tl.constexpr, CHAINS: tl.constexpr):
     # words_ptr int16 [W] lane words; index_ptr int64 [blocks + 1] word offset of each block;
     # table_ptr int16 [4096 + 64] (full table, then its 6-bit first level); raw_ptr uint8 [RAW_PLANES, numel_total]; out_ptr int16/int32 [stop - start]
     _decode_rows(words_ptr, index_ptr, table_ptr, raw_ptr, out_ptr, numel_total, start, stop, first_block,
-                 num_blocks, steps, tl.program_id(0), ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL)
+                 num_blocks, steps, tl.program_id(0), ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL, CHAINS)
 
 
 # One row of the int64 descriptor table of a batched launch (see DecodePlan).
@@ -321,7 +383,7 @@ F_STEPS, F_FIRST_TILE, FIELDS = tl.constexpr(_F_STEPS), tl.constexpr(_F_FIRST_TI
 
 @triton.jit
 def _decode_many_kernel(desc_ptr, num_items, ROWS: tl.constexpr, RAW_PLANES: tl.constexpr, PREFIX: tl.constexpr,
-                        TABLE: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr):
+                        TABLE: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr, CHAINS: tl.constexpr):
     # desc_ptr int64 [num_items, FIELDS]: one packed tensor (or row range of one) per row; programs
     # [first_tile, next item's first_tile) decode that item, ROWS blocks each
     pid = tl.program_id(0)
@@ -338,7 +400,8 @@ def _decode_many_kernel(desc_ptr, num_items, ROWS: tl.constexpr, RAW_PLANES: tl.
                  out_ptr, tl.load(d + F_NUMEL), tl.load(d + F_START),
                  tl.load(d + F_STOP), tl.load(d + F_FIRST_BLOCK).to(tl.int32),
                  tl.load(d + F_NUM_BLOCKS).to(tl.int32), tl.load(d + F_STEPS).to(tl.int32),
-                 pid - tl.load(d + F_FIRST_TILE).to(tl.int32), ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL)
+                 pid - tl.load(d + F_FIRST_TILE).to(tl.int32), ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL,
+                 CHAINS)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -396,7 +459,8 @@ def launch_decode(item: DecodeItem, config: DecodeConfig | None = None) -> None:
             first_block, num_blocks, item.steps)
 
     def launch(cfg: DecodeConfig):
-        return _decode_lanes_kernel[(triton.cdiv(num_blocks, cfg.rows),)](*args, **_constexprs(cfg, layout.raw_planes))
+        grid = (triton.cdiv(num_blocks, cfg.rows * cfg.chains),)
+        return _decode_lanes_kernel[grid](*args, **_constexprs(cfg, layout.raw_planes))
 
     _launch_checked(launch, config, layout.raw_planes, batched=False)
 
@@ -431,7 +495,7 @@ class DecodePlan:
         for planes in sorted({floats.LAYOUTS[item.dtype].raw_planes for item in items}):
             group = [item for item in items if floats.LAYOUTS[item.dtype].raw_planes == planes]
             cfg = _effective_config(config or DEFAULT_CONFIG, group[0].out.device, planes, batched=True)
-            table, num_tiles = _descriptor_table(group, cfg.rows)
+            table, num_tiles = _descriptor_table(group, cfg.rows * cfg.chains)
             self._groups.append((planes, cfg, table.to(group[0].out.device), len(group), num_tiles))
 
     def launch(self) -> None:
@@ -463,7 +527,7 @@ def _descriptor_table(items: list[DecodeItem], rows: int) -> tuple[torch.Tensor,
 
 
 def _constexprs(config: DecodeConfig, raw_planes: int) -> dict:
-    return dict(ROWS=config.rows, RAW_PLANES=raw_planes, PREFIX=config.prefix, TABLE=config.table,
+    return dict(ROWS=config.rows, CHAINS=config.chains, RAW_PLANES=raw_planes, PREFIX=config.prefix, TABLE=config.table,
                 PREFETCH=config.prefetch, UNROLL=config.unroll, num_warps=config.num_warps)
 
 
