@@ -297,15 +297,13 @@ def sweep_configs(kd, quick: bool) -> list:
     ballot, scan, glob, shuf = kd.PREFIX_BALLOT, kd.PREFIX_SCAN, kd.TABLE_GLOBAL, kd.TABLE_SHUFFLE
     prefix = kd.TABLE_PREFIX
     configs = [kd.DEFAULT_CONFIG]
-    # one warp a program: Triton 3.6 keeps lane j on hardware lane j only for this tile (the ballot needs it)
-    for table in (prefix, shuf, glob):
-        for unroll in (2, 4):
-            for prefetch in (True, False):
-                configs.append(c(1, 1, ballot, table, prefetch, unroll))
-    for table in (prefix, glob):
-        for unroll in (2, 4):
-            configs.append(c(1, 1, ballot, table, True, unroll, chains=2))
-    configs += [c(2, 2, ballot, prefix, True, 4), c(4, 4, scan, prefix, True, 4)]
+    # warps a program: a flat tile of rows * 32 lanes on as many warps keeps lane j on hardware lane j
+    # (the ballot needs it); 1-warp programs are capped at 32 resident per SM (half the warps)
+    for rows in (4, 2, 8, 1):
+        for table in (glob, prefix):
+            configs.append(c(rows, rows, ballot, table, True, 4))
+    configs += [c(4, 4, ballot, shuf, True, 4), c(4, 4, ballot, glob, True, 2), c(4, 4, ballot, glob, False, 4),
+                c(4, 4, ballot, glob, True, 4, chains=2), c(4, 4, scan, glob, True, 4)]
     unique = list(dict.fromkeys(configs))
     return unique[:4] if quick else unique
 

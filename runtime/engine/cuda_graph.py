@@ -55,6 +55,9 @@ class DecodeInputs:
         self._tables = self.host_int[max_batch:].view(max_batch, max_blocks).numpy()
         # the previous step's copies have read the staging buffers once this event has passed
         self._copied = torch.cuda.Event() if pinned else None
+        self._pad_longs = np.array([[0], [0], [self.pad_slot]])  # [ids; positions; slots] of a padding row
+        # per row: (the sequence's block table list, number of its blocks staged), None if padding
+        self._row_tables: list[tuple[list[int], int] | None] = [None] * max_batch
         self.fill([], max_batch)
 
     def fits(self, scheduled: list[ScheduledSequence]) -> bool:
@@ -66,22 +69,36 @@ class DecodeInputs:
         if self._copied is not None:
             self._copied.synchronize()
         num_seqs = len(scheduled)
-        for row, item in enumerate(scheduled):
-            seq = item.seq
-            position = seq.num_computed_tokens  # of the one new token
-            block = seq.block_table[position // self.block_size]
-            slot = block * self.block_size + position % self.block_size
-            self._longs[:, row] = (seq.token_ids[position], position, slot)
-            self._lens[row] = position + 1
-            self._tables[row, :len(seq.block_table)] = seq.block_table
-        self._longs[:, num_seqs:num_rows] = np.array([[0], [0], [self.pad_slot]])
+        seqs = [item.seq for item in scheduled]
+        positions = [seq.num_computed_tokens for seq in seqs]  # of the one new token each
+        block_size = self.block_size
+        self._longs[0, :num_seqs] = [seq.token_ids[p] for seq, p in zip(seqs, positions)]
+        self._longs[1, :num_seqs] = positions
+        self._longs[2, :num_seqs] = [seq.block_table[p // block_size] * block_size + p % block_size
+                                     for seq, p in zip(seqs, positions)]
+        self._lens[:num_seqs] = self._longs[1, :num_seqs] + 1
+        for row, seq in enumerate(seqs):
+            self._write_table(row, seq.block_table)
+        self._longs[:, num_seqs:num_rows] = self._pad_longs
         self._lens[num_seqs:num_rows] = 1
         self._tables[num_seqs:num_rows, 0] = self.pad_block
+        self._row_tables[num_seqs:num_rows] = [None] * max(0, num_rows - num_seqs)
         num_ints = self.max_batch + num_rows * self.max_blocks  # context lengths, then num_rows table rows
         self.device_long.copy_(self.host_long, non_blocking=True)
         self.device_int[:num_ints].copy_(self.host_int[:num_ints], non_blocking=True)
         if self._copied is not None:
             self._copied.record()
+
+    def _write_table(self, row: int, table: list[int]) -> None:
+        """Copy only the blocks a row's staged table lacks: a sequence's table list only grows
+        while it holds its blocks (freeing them replaces the list), so the same list object of a
+        greater length means new blocks at the end."""
+        staged, num_staged = self._row_tables[row] or (None, 0)
+        if staged is not table:
+            num_staged = 0
+        if num_staged != len(table):
+            self._tables[row, num_staged:len(table)] = table[num_staged:]
+            self._row_tables[row] = (table, len(table))
 
     def batch(self, num_rows: int, backend: str) -> AttentionBatch:
         """The first num_rows rows as an attention batch; host lists only for the torch path."""

@@ -49,6 +49,8 @@ class Sampler:
                  generators: list[torch.Generator | None]) -> list[int]:
         """logits [N, V] float32 -> N token ids."""
         tokens = logits.argmax(dim=-1)  # [N], kept for greedy rows
+        if all(p.is_greedy for p in params):
+            return tokens.tolist()  # one device-to-host copy
         rows = [i for i, p in enumerate(params) if not p.is_greedy]
         if rows:
             chosen = [params[i] for i in rows]

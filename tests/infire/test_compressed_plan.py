@@ -44,6 +44,7 @@ def packed_bf16(tmp_path_factory):
     return plain, packed
 
 
+@pytest.mark.slow  # the interpreter takes most of a minute
 def test_planned_decode_matches_dense_bit_for_bit(packed_bf16, monkeypatch):
     plain, packed = packed_bf16
     dense = make_engine(plain, dtype="checkpoint")

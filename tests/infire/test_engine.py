@@ -4,6 +4,7 @@ chunked prefill, preemption, abort, limits and request validation."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from infire.engine import EngineStats, RequestOutput, SamplingParams
 from infire.errors import ConfigError, InvalidRequestError
@@ -313,3 +314,27 @@ def test_fused_ops_on_cpu_need_the_interpreter(llama_dir, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ConfigError, match="ops_backend"):
         make_engine(llama_dir, ops_backend="triton")
+
+
+def test_decode_inputs_restage_block_tables_that_grow_move_or_are_replaced():
+    from infire.engine.cuda_graph import DecodeInputs
+    from infire.engine.scheduler import ScheduledSequence
+    from infire.engine.sequence import Sequence
+
+    inputs = DecodeInputs(max_batch=4, max_blocks=3, block_size=2, pad_block=9, device=torch.device("cpu"))
+    a, b = Sequence("a", [1, 2, 3], GREEDY), Sequence("b", [4, 5, 6], GREEDY)
+    a.block_table, b.block_table = [5, 6], [7]
+    a.num_computed_tokens, b.num_computed_tokens = 2, 1
+
+    def staged(seqs, num_rows):
+        inputs.fill([ScheduledSequence(s, 1) for s in seqs], num_rows)
+        return inputs.block_tables[:len(seqs)].tolist(), inputs.slot_mapping[:num_rows].tolist()
+
+    assert staged([a, b], 4) == ([[5, 6, 0], [7, 0, 0]], [12, 15, 18, 18])
+    b.block_table.append(3)  # grows: only the new block is written
+    b.num_computed_tokens = 2
+    assert staged([b, a], 2)[0] == [[7, 3, 0], [5, 6, 0]]  # rows swapped
+    a.block_table = [1]  # freed and allocated again: a new list
+    a.num_computed_tokens = 0
+    assert staged([a], 2) == ([[1, 3, 0]], [2, 18])  # stale columns beyond the table are never read
+    assert inputs.seq_lens[:2].tolist() == [1, 1] and inputs.input_ids[:1].tolist() == [1]

@@ -270,16 +270,15 @@ def test_config_refuses_bad_values(kwargs):
 
 
 TTGIR_LANE_MAJOR = (  # the shape of Triton's TTGIR for the ballot (one line per op in the real text)
-    "#blocked = #ttg.blocked<{sizePerThread = [1, 1], threadsPerWarp = [1, 32], "
-    "warpsPerCTA = [4, 1], order = [1, 0]}>\n"
+    "#blocked = #ttg.blocked<{sizePerThread = [1], threadsPerWarp = [32], warpsPerCTA = [4], order = [0]}>\n"
     '    %7:2 = tt.elementwise_inline_asm "{ vote.sync.ballot.b32 m, p, 0xffffffff; }" {constraints = "=r,=r,r"} '
-    "%need : tensor<4x32xi32, #blocked> -> tensor<4x32xi32, #blocked>, tensor<4x32xi32, #blocked>\n")
+    "%need : tensor<128xi32, #blocked> -> tensor<128xi32, #blocked>, tensor<128xi32, #blocked>\n")
 
 
 def test_ballot_layout_check_accepts_only_lane_major_tiles():
     assert decode.ballot_layout_is_lane_major(TTGIR_LANE_MAJOR)
-    split_warp = TTGIR_LANE_MAJOR.replace("sizePerThread = [1, 1], threadsPerWarp = [1, 32]",
-                                          "sizePerThread = [1, 2], threadsPerWarp = [2, 16]")
+    split_warp = TTGIR_LANE_MAJOR.replace("sizePerThread = [1], threadsPerWarp = [32]",
+                                          "sizePerThread = [2], threadsPerWarp = [32]")
     assert not decode.ballot_layout_is_lane_major(split_warp)
     assert not decode.ballot_layout_is_lane_major(TTGIR_LANE_MAJOR.replace("#blocked>", "#linear>"))
     assert not decode.ballot_layout_is_lane_major("")

@@ -3,7 +3,9 @@
 One warp decodes one block: thread j of the warp is lane j, and the whole warp advances one
 step (one symbol a lane) at a time, so the 32 outputs of a step are neighbours in memory and
 the words the refilling lanes take are neighbours in the stream. A program decodes ROWS
-blocks as a [ROWS, LANES] tile, one row per warp (or several per thread with the scan prefix).
+blocks as a flat tile of ROWS * LANES lanes, row-major, one row per warp (or several per thread with
+the scan prefix): a 1-D tile whose size equals the threads keeps lane j of row r on thread j of
+warp r, which the ballot prefix relies on.
 
 Per lane and step (see unweight/codec/lanes.py for the encoder's side):
 
@@ -114,9 +116,9 @@ _max = tl.standard._elementwise_max
 
 
 @triton.jit
-def _word_slots(need, PREFIX: tl.constexpr):
+def _word_slots(need, ROWS: tl.constexpr, PREFIX: tl.constexpr):
     """Per lane: how many lanes before it take a word this step; per row: how many in all."""
-    # need: int32 [ROWS, LANES], 0 or 1
+    # need: int32 [ROWS * LANES] (row-major: element r * LANES + j is lane j of row r), 0 or 1
     if PREFIX == _PREFIX_BALLOT:
         # One vote gives the step's need flags as a bit mask over hardware lanes; the
         # tile layout puts lane j of every row on hardware lane j (checked at compile time).
@@ -133,19 +135,21 @@ def _word_slots(need, PREFIX: tl.constexpr):
             }""",
             constraints="=r,=r,r", args=[need], dtype=(tl.int32, tl.int32), is_pure=True, pack=1)
     else:
-        before = tl.associative_scan(need, 1, _add) - need
-        total = tl.reduce(need, 1, _add)[:, None]
+        rows = tl.reshape(need, [ROWS, LANES])
+        before = tl.reshape(tl.associative_scan(rows, 1, _add) - rows, [ROWS * LANES])
+        total = tl.reshape(tl.reduce(rows, 1, _add)[:, None] + rows * 0, [ROWS * LANES])
     return before, total
 
 
 @triton.jit
-def _lookup(buf, table_ptr, small, TABLE: tl.constexpr):
+def _lookup(buf, table_ptr, small, ROWS: tl.constexpr, TABLE: tl.constexpr):
     """Decode-table entry (symbol | length << 8, int32) for the next 12 bits of each buffer."""
     peek = (buf >> PEEK_SHIFT).to(tl.int32)
     if TABLE == _TABLE_SHUFFLE:
-        # small: int32 [ROWS, LANES], lane k holds the entries of 6-bit prefixes 2k and 2k+1
+        # small: int32 [ROWS * LANES], lane k of every row holds the entries of 6-bit prefixes 2k and 2k+1
         top = peek >> (MAX_CODE_LEN - SMALL_BITS)
-        pair = tl.gather(small, top >> 1, axis=1)
+        row_base = tl.arange(0, ROWS * LANES) // LANES * LANES          # gather inside the lane's own row
+        pair = tl.gather(small, row_base + (top >> 1), axis=0)
         entry = (pair >> ((top & 1) * 16)) & 0xFFFF
         long_code = (entry >> 8) > SMALL_BITS
         full = tl.load(table_ptr + peek, mask=long_code, other=0).to(tl.uint16, bitcast=True).to(tl.int32)
@@ -163,8 +167,8 @@ def _lookup(buf, table_ptr, small, TABLE: tl.constexpr):
 
 @triton.jit
 def _small_table(table_ptr, ROWS: tl.constexpr):
-    """Entries of every 6-bit prefix, two per lane: int32 [ROWS, LANES] (same for every row)."""
-    k = tl.arange(0, LANES)[None, :] + tl.full([ROWS, 1], 0, tl.int32)
+    """Entries of every 6-bit prefix, two per lane: int32 [ROWS * LANES] (same for every row)."""
+    k = tl.arange(0, ROWS * LANES) % LANES
     lo = tl.load(table_ptr + (2 * k) * SMALL_STRIDE).to(tl.int32) & 0xFFFF
     hi = tl.load(table_ptr + (2 * k + 1) * SMALL_STRIDE).to(tl.int32) & 0xFFFF
     return lo | (hi << 16)
@@ -206,25 +210,25 @@ def _load(ptr, mask, MASKED: tl.constexpr):
 
 @triton.jit
 def _decode_step(buf, room, wpos, rel, raw_at, out_at, word_row, word_limit, active_end, span, plane_stride,
-                 table_ptr, small, RAW_PLANES: tl.constexpr, PREFIX: tl.constexpr, TABLE: tl.constexpr,
-                 MASKED: tl.constexpr):
+                 table_ptr, small, ROWS: tl.constexpr, RAW_PLANES: tl.constexpr, PREFIX: tl.constexpr,
+                 TABLE: tl.constexpr, MASKED: tl.constexpr):
     """One step of every row: refill the lanes that run low, decode one symbol a lane, store it.
 
     State per lane: buf (uint32, MSB-aligned bits), room = 16 - buffered bits (the shift that
     puts the next word right after them), rel = element offset in the block minus the first
     offset to write. Without MASKED every lane of every row is active and written.
     """
-    need = room > WORD_BITS - MAX_CODE_LEN                 # [ROWS, LANES]: fewer than 12 bits left
+    need = room > WORD_BITS - MAX_CODE_LEN                 # [ROWS * LANES]: fewer than 12 bits left
     if MASKED:
         need = need & (rel < active_end)                   # lanes past the end of a partial block
     need = need.to(tl.int32)
-    before, total = _word_slots(need, PREFIX)
+    before, total = _word_slots(need, ROWS, PREFIX)
     slot = wpos + before                                   # word index inside the row's stream
     fetch = (need != 0) & (slot < word_limit)              # never read past the block's words
     word = tl.load(word_row + slot, mask=fetch, other=0).to(tl.uint16, bitcast=True).to(tl.uint32)
     buf |= word << (room & 31).to(tl.uint32)               # word is 0 unless refilling (room 5..16)
     room -= need * WORD_BITS
-    entry = _lookup(buf, table_ptr, small, TABLE)
+    entry = _lookup(buf, table_ptr, small, ROWS, TABLE)
     length = entry >> 8
     buf <<= length.to(tl.uint32)
     room += length
@@ -242,9 +246,9 @@ def _decode_step(buf, room, wpos, rel, raw_at, out_at, word_row, word_limit, act
 def _decode_loop(num_steps, rel, raw_at, out_at, word_row, word_limit, active_end, span, plane_stride, table_ptr,
                  small, raw_row, lo, last, ROWS: tl.constexpr, RAW_PLANES: tl.constexpr, PREFIX: tl.constexpr,
                  TABLE: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr, MASKED: tl.constexpr):
-    buf = tl.full([ROWS, LANES], 0, tl.uint32)
-    room = tl.full([ROWS, LANES], WORD_BITS, tl.int32)
-    wpos = tl.full([ROWS, LANES], 0, tl.int32)            # words the row has taken (same in every lane)
+    buf = tl.full([ROWS * LANES], 0, tl.uint32)
+    room = tl.full([ROWS * LANES], WORD_BITS, tl.int32)
+    wpos = tl.full([ROWS * LANES], 0, tl.int32)            # words the row has taken (same in every lane)
     for _ in range(0, num_steps, UNROLL):
         if PREFETCH:
             # clamped to the block (raw) and the row's stream (words): never an address outside the tensors
@@ -255,35 +259,37 @@ def _decode_loop(num_steps, rel, raw_at, out_at, word_row, word_limit, active_en
         for _u in tl.static_range(UNROLL):
             buf, room, wpos, rel, raw_at, out_at = _decode_step(
                 buf, room, wpos, rel, raw_at, out_at, word_row, word_limit, active_end, span, plane_stride,
-                table_ptr, small, RAW_PLANES, PREFIX, TABLE, MASKED)
+                table_ptr, small, ROWS, RAW_PLANES, PREFIX, TABLE, MASKED)
 
 
 @triton.jit
 def _row_setup(words_ptr, index_ptr, raw_ptr, out_ptr, numel_total, start, stop, first_block, num_blocks, steps,
                first_row, ROWS: tl.constexpr, UNROLL: tl.constexpr):
     """Per-lane state and limits of blocks first_block + first_row + [0, ROWS)."""
-    rows = first_row + tl.arange(0, ROWS)                  # [ROWS] block, relative to first_block
+    # one element per lane of every row, row-major: thread j of warp r is lane j of row r
+    e = tl.arange(0, ROWS * LANES)
+    lane = e % LANES
+    rows = first_row + e // LANES                          # block, relative to first_block
     is_row = rows < num_blocks                             # rows past the last block decode nothing
     block = tl.where(is_row, first_block + rows, 0).to(tl.int64)
     block_size = steps * LANES
-    elem0 = block * block_size                             # int64 [ROWS] first element of the block
+    elem0 = block * block_size                             # int64: first element of the block
     count = tl.where(is_row, tl.minimum(numel_total - elem0, block_size), 0)
     lo = tl.minimum(tl.maximum(start - elem0, 0), count)   # offsets [lo, hi) of the block are written
     hi = tl.minimum(tl.maximum(stop - elem0, 0), count)
     span = (hi - lo).to(tl.int32)
     # every row a whole block, written whole, in whole loop iterations: no masks needed
     unmasked = (tl.reduce(span, 0, _min) == block_size) & (steps % UNROLL == 0)
-    span = span.to(tl.uint32)[:, None]
-    active_end = (count - lo).to(tl.int32)[:, None]
-    last = tl.maximum(count - 1, 0).to(tl.int32)[:, None]
-    lo = lo.to(tl.int32)[:, None]
+    span = span.to(tl.uint32)
+    active_end = (count - lo).to(tl.int32)
+    last = tl.maximum(count - 1, 0).to(tl.int32)
+    lo = lo.to(tl.int32)
     word0 = tl.load(index_ptr + block, mask=is_row, other=0)
-    word_limit = (tl.load(index_ptr + block + 1, mask=is_row, other=0) - word0).to(tl.int32)[:, None]
-    word_row = words_ptr + word0[:, None]                  # [ROWS, 1] start of each row's stream
-    lane = tl.arange(0, LANES)[None, :]
-    raw_row = raw_ptr + elem0[:, None]
-    raw_at = raw_row + lane                                # [ROWS, LANES], advanced a step at a time
-    out_at = out_ptr + (elem0 - start)[:, None] + lane     # may point outside out: writes are masked
+    word_limit = (tl.load(index_ptr + block + 1, mask=is_row, other=0) - word0).to(tl.int32)
+    word_row = words_ptr + word0                           # start of the row's stream
+    raw_row = raw_ptr + elem0
+    raw_at = raw_row + lane                                # advanced a step at a time
+    out_at = out_ptr + (elem0 - start) + lane              # may point outside out: writes are masked
     rel = lane - lo
     num_steps = (tl.reduce(hi, 0, _max).to(tl.int32) + LANES - 1) // LANES   # later steps write nothing
     return (rel, raw_at, out_at, word_row, word_limit, active_end, span, raw_row, lo, last,
@@ -296,7 +302,7 @@ def _decode_rows(words_ptr, index_ptr, table_ptr, raw_ptr, out_ptr, numel_total,
                  TABLE: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr, CHAINS: tl.constexpr):
     """Decode blocks first_block + tile * ROWS * CHAINS + [0, ROWS * CHAINS), writing elements [start, stop).
 
-    With CHAINS == 2 a program runs two independent [ROWS, LANES] tiles step by step: twice the
+    With CHAINS == 2 a program runs two independent tiles of ROWS blocks step by step: twice the
     memory requests in flight per warp, without a wider tile (whose layout the ballot could not trust).
     """
     plane_stride = numel_total.to(tl.int64)
@@ -336,12 +342,12 @@ def _decode_loop2(num_steps, rel, raw_at, out_at, word_row, word_limit, active_e
                   PREFIX: tl.constexpr, TABLE: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr,
                   MASKED: tl.constexpr):
     """_decode_loop for two independent tiles, interleaved step by step."""
-    buf = tl.full([ROWS, LANES], 0, tl.uint32)
-    room = tl.full([ROWS, LANES], WORD_BITS, tl.int32)
-    wpos = tl.full([ROWS, LANES], 0, tl.int32)
-    buf2 = tl.full([ROWS, LANES], 0, tl.uint32)
-    room2 = tl.full([ROWS, LANES], WORD_BITS, tl.int32)
-    wpos2 = tl.full([ROWS, LANES], 0, tl.int32)
+    buf = tl.full([ROWS * LANES], 0, tl.uint32)
+    room = tl.full([ROWS * LANES], WORD_BITS, tl.int32)
+    wpos = tl.full([ROWS * LANES], 0, tl.int32)
+    buf2 = tl.full([ROWS * LANES], 0, tl.uint32)
+    room2 = tl.full([ROWS * LANES], WORD_BITS, tl.int32)
+    wpos2 = tl.full([ROWS * LANES], 0, tl.int32)
     for _ in range(0, num_steps, UNROLL):
         if PREFETCH:
             ahead = tl.minimum(rel + lo + PREFETCH_STEPS * LANES, last)
@@ -354,10 +360,10 @@ def _decode_loop2(num_steps, rel, raw_at, out_at, word_row, word_limit, active_e
         for _u in tl.static_range(UNROLL):
             buf, room, wpos, rel, raw_at, out_at = _decode_step(
                 buf, room, wpos, rel, raw_at, out_at, word_row, word_limit, active_end, span, plane_stride,
-                table_ptr, small, RAW_PLANES, PREFIX, TABLE, MASKED)
+                table_ptr, small, ROWS, RAW_PLANES, PREFIX, TABLE, MASKED)
             buf2, room2, wpos2, rel2, raw_at2, out_at2 = _decode_step(
                 buf2, room2, wpos2, rel2, raw_at2, out_at2, word_row2, word_limit2, active_end2, span2,
-                plane_stride, table_ptr, small, RAW_PLANES, PREFIX, TABLE, MASKED)
+                plane_stride, table_ptr, small, ROWS, RAW_PLANES, PREFIX, TABLE, MASKED)
 
 
 @triton.jit
@@ -600,7 +606,7 @@ def _ballot_layout_ok(compiled) -> bool:
     """Whether a compiled kernel keeps lane j of every row on hardware lane j (checked once per kernel).
 
     The ballot prefix counts need flags over hardware lanes, so it is only correct when the
-    [ROWS, LANES] tensors it sees use the plain blocked layout: one element per thread along
+    flat tile tensors it sees use the plain blocked layout: one element per thread along
     the lanes, the 32 threads of a warp across them. The compiled TTGIR says which layout
     Triton chose; anything unexpected (including a TTGIR we cannot read) counts as unsafe.
     """
@@ -616,17 +622,17 @@ def _ballot_layout_ok(compiled) -> bool:
 
 
 def ballot_layout_is_lane_major(ttgir: str) -> bool:
-    """True when every inline-asm ballot operand has layout sizePerThread=[1, 1], threadsPerWarp=[1, 32]."""
+    """True when every inline-asm ballot operand has layout sizePerThread=[1], threadsPerWarp=[32]."""
     aliases = dict(re.findall(r"^(#\w+) = #(?:ttg|triton_gpu)\.blocked<\{([^}]*)\}>", ttgir, flags=re.M))
     ballots = [line for line in ttgir.splitlines() if "elementwise_inline_asm" in line and "vote.sync" in line]
     if not ballots:
         return False
     for line in ballots:
-        encodings = set(re.findall(r"tensor<\d+x\d+xi32, (#\w+)>", line))
+        encodings = set(re.findall(r"tensor<\d+xi32, (#\w+)>", line))
         if not encodings:
             return False
         for enc in encodings:
             spec = aliases.get(enc, "").replace(" ", "")
-            if "sizePerThread=[1,1]" not in spec or "threadsPerWarp=[1,32]" not in spec:
+            if "sizePerThread=[1]" not in spec or "threadsPerWarp=[32]" not in spec:
                 return False
     return True
