@@ -33,25 +33,20 @@ SYNTHETIC_SHAPE = (8192, 16384)   # 128M bf16 weights: 268 MB
 QUICK_SHAPE = (1024, 2048)
 ZSTD_LEVEL = 3
 
-# cProfile entries -> the stage they belong to: (file or object name, function name)
-STAGES = [
-    (("lanes.py", "_encode"), "lane encode (numba)"),
-    (("lanes.py", "_compact"), "lane encode: compaction (numba)"),
-    (("lanes.py", "_decode"), "lane decode (numba)"),
-    (("floats.py", "_split16"), "split into exponent + raw planes (numba)"),
-    (("floats.py", "_split32"), "split into exponent + raw planes (numba)"),
-    (("floats.py", "_merge16"), "merge exponent + raw planes (numba)"),
-    (("floats.py", "_merge32"), "merge exponent + raw planes (numba)"),
-    (("huffman.py", "_histogram"), "exponent histogram (numba)"),
-    (("_hashlib.HASH", "update"), "SHA-256 (source file + each tensor)"),
-    (("numeric.py", "array_equal"), "compare decoded with source bytes"),
-    (("_io.BufferedReader", "readinto"), "file reads"),
-    (("_io.BufferedReader", "read"), "file reads"),
-    (("_io.BufferedWriter", "write"), "file writes + fsync"),
-    (("posix", "fsync"), "file writes + fsync"),
-    (("torch._C.TensorBase", "copy_"), "copy into the output tensor"),
-    (("huffman.py", "decode_table"), "build decode tables"),
-]
+UNWEIGHT_DIR = Path(unweight.__file__).resolve().parent
+# built-in functions that are a stage of their own, as cProfile names them
+BUILTIN_STAGES = {
+    "<method 'update' of '_hashlib.HASH' objects>": "SHA-256 (in this thread)",
+    "<method 'readinto' of '_io.BufferedReader' objects>": "file reads",
+    "<method 'read' of '_io.BufferedReader' objects>": "file reads",
+    "<method 'write' of '_io.BufferedWriter' objects>": "file writes + fsync",
+    "<built-in method posix.fsync>": "file writes + fsync",
+    "<method 'acquire' of '_thread.lock' objects>": "waiting for other Python threads (hashing)",
+    "<method 'copy_' of 'torch._C.TensorBase' objects>": "torch copies",
+    "<method 'compress' of 'zstandard.backend_c.ZstdCompressor' objects>": "zstd (tensors that are not coded floats)",
+}
+OTHER_STAGE = "other (Python, numpy, allocation)"
+MIN_SHARE = 0.01          # stages below this share of a profile are summed into one row
 
 
 @dataclass(frozen=True)
@@ -152,12 +147,15 @@ def measure(item: Input, workdir: Path, runs: int) -> SpeedResult:
     return SpeedResult(item.name, len(raw), output_bytes, timings)
 
 
-def stage_of(key: tuple) -> str:
+def stage_of(key: tuple[str, int, str]) -> str:
+    """A cProfile key as a stage: unweight's own functions by name (a numba kernel's time shows under
+    the function that launches it), a few built-ins by what they do, everything else as 'other'."""
     filename, _, function = key
-    for (where, name), stage in STAGES:
-        if (filename.endswith(where) and function == name) or (where in function and f"'{name}'" in function):
-            return stage
-    return "other (Python, numpy copies and concatenation, allocation)"
+    path = Path(filename)
+    if path.suffix == ".py" and UNWEIGHT_DIR in path.resolve().parents:
+        module = ".".join(path.resolve().relative_to(UNWEIGHT_DIR).with_suffix("").parts)
+        return f"`{module}.{function}`"
+    return BUILTIN_STAGES.get(function, OTHER_STAGE)
 
 
 def profile_stages(fn: Callable[[], object]) -> list[tuple[str, float, float]]:
@@ -198,7 +196,11 @@ def speed_table(results: list[SpeedResult]) -> str:
 
 
 def profile_table(name: str, what: str, shares: list[tuple[str, float, float]]) -> str:
-    rows = [[stage, f"{seconds:.2f}", f"{share:.0%}"] for stage, seconds, share in shares if share >= 0.005]
+    rows = [[stage, f"{seconds:.2f}", f"{share:.0%}"] for stage, seconds, share in shares if share >= MIN_SHARE]
+    small = [(seconds, share) for _, seconds, share in shares if share < MIN_SHARE]
+    if small:
+        rows.append([f"{len(small)} more, under {MIN_SHARE:.0%} each", f"{sum(s for s, _ in small):.2f}",
+                     f"{sum(f for _, f in small):.0%}"])
     return markdown_table([f"stage of one {what} of {name}", "seconds", "share"], rows)
 
 

@@ -69,10 +69,10 @@ PREFIX_SHIFT = tl.constexpr(32 - PREFIX_BITS)              # buf >> PREFIX_SHIFT
 class DecodeConfig:
     """Tunables of the decode kernel; benchmarks/gpu_decode.py sweeps them on the target GPU."""
 
-    rows: int = 1            # blocks a program decodes at once
-    num_warps: int = 1       # warps a program; rows / num_warps blocks per thread (1 with the ballot prefix)
+    rows: int = 4            # blocks a program decodes at once (1-warp programs: at most 32 resident per SM)
+    num_warps: int = 4       # warps a program; rows / num_warps blocks per thread (1 with the ballot prefix)
     prefix: int = PREFIX_BALLOT
-    table: int = TABLE_PREFIX
+    table: int = TABLE_GLOBAL  # measured on an H200: the 8 KiB table stays in L1; the first level saved nothing
     prefetch: bool = True    # PTX prefetch of raw bytes and lane words ahead of use (CUDA only)
     unroll: int = 4          # steps per loop iteration (the prefetch is issued once an iteration)
     chains: int = 1          # independent [rows, 32] tiles a program steps through together (1 or 2)
