@@ -156,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                "config) are copied and counted in neither. The bound counts tensors that are not coded "
                "floats at the size they are stored. The gap to the bound splits into the tensor streams (code "
                "lengths above the entropy, block index, the last partly used word of each lane) and the "
-               "container (the JSON manifest, with 256 code lengths and a SHA-256 per tensor, and the shard "
-               "headers)."])
+               "container (the JSON manifest, with the code lengths and a SHA-256 of each tensor, and the "
+               "shard headers)."])
     publish(args, section, {"checkpoints": [r.to_dict() for r in results]})
     return 0
 

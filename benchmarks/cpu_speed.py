@@ -183,7 +183,7 @@ def target_cell(rates: list[float], target: float) -> str:
     """Whether every input reaches the target; if not, each input's share of it."""
     if min(rates) >= target:
         return f">= {target:.0f}: met"
-    return f">= {target:.0f}: missed ({', '.join(f'{r / target:.0%}' for r in rates)} of it)"
+    return f">= {target:.0f}: missed ({', '.join(f'{r / target:.1%}' for r in rates)} of it)"
 
 
 def speed_table(results: list[SpeedResult]) -> str:

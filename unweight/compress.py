@@ -111,7 +111,7 @@ def _write_packed(source: SourceCheckpoint, out: Path, report: CompressReport, v
         report.original_bytes += header.file_size
         for entry in header.entries.values():
             encoded = _encode_entry(header, entry, steps, verify, consume)
-            shard, spans = shards.add(encoded.streams)
+            shard, spans = shards.add(encoded.parts)
             manifest.tensors[entry.name] = _record(entry, encoded, shard, spans)
             report.tensors.append(_stats(entry, encoded))
         manifest.files.append(SourceFile(rel, header.file_size, file_digest.hexdigest(),
@@ -170,16 +170,17 @@ class _ShardWriter:
         self.sizes = dict.fromkeys(SHARD_ROLES, 0)
         self.names: list[str] = []
 
-    def add(self, streams: dict[str, np.ndarray]) -> tuple[str, dict[str, list[int]]]:
-        """Queue a tensor's streams; returns its shard name and its spans in that shard."""
-        size = sum(a.size for a in streams.values())
+    def add(self, parts: dict[str, list[np.ndarray]]) -> tuple[str, dict[str, list[int]]]:
+        """Queue a tensor's streams (as pieces); returns its shard name and its spans in that shard."""
+        size = sum(a.size for pieces in parts.values() for a in pieces)
         if any(self.sizes.values()) and sum(self.sizes.values()) + size > self.shard_bytes:
             self._flush()
         spans = {}
-        for role, array in streams.items():
-            spans[role] = [self.sizes[role], self.sizes[role] + array.size]
-            self.pending[role].append(array)
-            self.sizes[role] += array.size
+        for role, pieces in parts.items():
+            length = sum(a.size for a in pieces)
+            spans[role] = [self.sizes[role], self.sizes[role] + length]
+            self.pending[role] += pieces
+            self.sizes[role] += length
         return self._name(len(self.names)), spans
 
     def close(self) -> list[str]:

@@ -129,3 +129,17 @@ def test_invalid_code_lengths_are_refused():
     lengths[:3] = 1  # three one-bit codes cannot exist
     with pytest.raises(CorruptDataError, match="Kraft"):
         huffman.check_lengths(lengths, "t")
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("cached", [True, False], ids=["read-once", "read-per-chunk"])
+def test_tensors_larger_than_a_chunk(monkeypatch, dtype, cached):
+    """Huge tensors are encoded chunk by chunk (bounded memory); the streams must join seamlessly."""
+    from unweight.codec import tensor
+
+    monkeypatch.setattr(tensor, "CHUNK_BLOCKS", 2)  # 2 blocks of 32 x 8 weights a chunk
+    if not cached:
+        monkeypatch.setattr(tensor, "MAX_CACHED_BYTES", 0)
+    t = (torch.randn(5000) * 0.02).to(dtype)
+    roundtrip(t, steps=8)
+    assert torch.equal(bits(pack(t, steps=8).decode(rows=(1234, 4321))), bits(t[1234:4321]))

@@ -33,14 +33,14 @@ def choose_steps(numel: int) -> int:
     return DEFAULT_STEPS // 2 if numel >= LARGE_TENSOR else DEFAULT_STEPS
 CHUNK_BLOCKS = 512         # blocks encoded at once (16M weights): bounds memory on huge tensors
 MAX_CACHED_BYTES = 512 * 1024 * 1024  # tensors up to this size are read once; larger ones twice, by chunk
-_hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unweight-sha256")
+_hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unweight-sha256")  # one: keeps chunk order
 ZSTD_LEVEL = 3
 
 
 @dataclass
 class EncodedTensor:
     encoding: str
-    streams: dict[str, np.ndarray]  # role -> uint8 array
+    parts: dict[str, list[np.ndarray]]  # role -> uint8 pieces, in stream order (written back to back)
     sha256: str
     steps: int = 0
     code_lengths: np.ndarray | None = None
@@ -48,7 +48,12 @@ class EncodedTensor:
 
     @property
     def packed_bytes(self) -> int:
-        return sum(a.size for a in self.streams.values())
+        return sum(a.size for pieces in self.parts.values() for a in pieces)
+
+    @property
+    def streams(self) -> dict[str, np.ndarray]:
+        """Each stream as one contiguous array (a copy when it has several pieces)."""
+        return {role: pieces[0] if len(pieces) == 1 else np.concatenate(pieces) for role, pieces in self.parts.items()}
 
 
 ReadRange = Callable[[int, int], np.ndarray]  # (byte start, byte stop) -> uint8 array
@@ -82,31 +87,31 @@ def encode_float(dtype: str, numel: int, read: ReadRange, steps: int = DEFAULT_S
     word_base = 0
     for start, stop in chunks:
         data = chunk_bytes(start, stop)
-        _hash_both(digest, data, consume)
+        hashed = _hasher.submit(_hash_chunk, digest, data, consume)  # overlaps the numba work below
         sym, raw = floats.split(layout, data)
         w, index = lanes.encode(sym, codes, lengths, steps)
         if verify:
             _check_chunk(layout, w, index, table, steps, raw, data, where, start)
+        hashed.result()
         words.append(w)
         indices.append(index[:-1] + word_base)
         word_base += w.size
         raws.append(raw.reshape(layout.raw_planes, -1))
     indices.append(np.array([word_base], dtype=np.int64))
-    raw_planes = raws[0] if len(raws) == 1 else np.concatenate(raws, axis=1)
-    streams = {
-        "words": (words[0] if len(words) == 1 else np.concatenate(words)).view(np.uint8),
-        "index": np.concatenate(indices).view(np.uint8),
-        "raw": raw_planes.reshape(-1),
+    parts = {
+        "words": [w.view(np.uint8) for w in words],
+        "index": [np.concatenate(indices).view(np.uint8)],
+        # raw planes are stored plane after plane over the whole tensor: [planes, numel]
+        "raw": [r[plane] for plane in range(layout.raw_planes) for r in raws],
     }
-    return EncodedTensor("lanes", streams, digest.hexdigest(), steps, lengths, huffman.entropy_bits(hist))
+    return EncodedTensor("lanes", parts, digest.hexdigest(), steps, lengths, huffman.entropy_bits(hist))
 
 
-def _hash_both(digest, data: np.ndarray, consume: Consume) -> None:
-    """The tensor's SHA-256 in a second thread while `consume` (the file's SHA-256) runs here:
-    hashlib releases the GIL, so the two hashes take one core each."""
-    pending = _hasher.submit(digest.update, data)
+def _hash_chunk(digest, data: np.ndarray, consume: Consume) -> None:
+    """The tensor's SHA-256, then `consume` (the file's SHA-256, progress), in the hashing thread:
+    hashlib releases the GIL, so hashing runs beside the numba kernels; one worker keeps chunks in order."""
+    digest.update(data)
     consume(data)
-    pending.result()
 
 
 def _chunks(numel: int, steps: int) -> Iterator[tuple[int, int]]:
@@ -127,5 +132,5 @@ def encode_other(data: np.ndarray) -> EncodedTensor:
     digest = hashlib.sha256(data).hexdigest()
     packed = np.frombuffer(zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(data), dtype=np.uint8)
     if packed.size < data.size:
-        return EncodedTensor("zstd", {"data": packed}, digest)
-    return EncodedTensor("raw", {"data": data}, digest)
+        return EncodedTensor("zstd", {"data": [packed]}, digest)
+    return EncodedTensor("raw", {"data": [data]}, digest)
