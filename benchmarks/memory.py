@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                f"{ckpt.total_bytes / 1e6:,.0f} MB in {len(ckpt.shard_bytes)} shards ({shards} MB) "
                f"with model.safetensors.index.json; largest tensor {ckpt.largest_tensor_bytes / MIB:,.0f} MiB, so the "
                f"bound 2 x largest tensor + 1 GiB is {(2 * ckpt.largest_tensor_bytes + GIB) / MIB:,.0f} MiB. "
-               f"Peak RSS is the 'Maximum resident set size' of "
+               f"Each row is one run. Peak RSS is the 'Maximum resident set size' of "
                f"{'`/usr/bin/time -v`' if TIME_BIN.is_file() else 'getrusage(RUSAGE_CHILDREN) in a wrapper'}; "
                f"wall time includes interpreter start-up. The packed output holds about two thirds of the input, "
                f"which fits in one packed shard of the default size (2048 MiB); the last run writes "

@@ -35,12 +35,17 @@ LAYOUTS = {
 }
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
-def _split16(bits, sym, raw):
+def _split16_body(bits, sym, raw):
     for i in numba.prange(bits.size):
         v = bits[i]
         sym[i] = (v >> 7) & 0xFF
         raw[i] = ((v >> 8) & 0x80) | (v & 0x7F)
+
+
+# small tensors split on the calling thread: waking the thread pool costs more than it saves
+_split16 = numba.njit(cache=True, nogil=True, parallel=True)(_split16_body)
+_split16_serial = numba.njit(cache=True, nogil=True)(_split16_body)
+PARALLEL_MIN = 1 << 20  # weights
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -76,7 +81,10 @@ def split(layout: FloatLayout, data: np.ndarray) -> tuple[np.ndarray, np.ndarray
     bits = data.view(np.uint16 if layout.width == 2 else np.uint32)
     sym = np.empty(bits.size, dtype=np.uint8)
     raw = np.empty(bits.size * layout.raw_planes, dtype=np.uint8)
-    (_split16 if layout.width == 2 else _split32)(bits, sym, raw)
+    if layout.width == 2:
+        (_split16 if bits.size >= PARALLEL_MIN else _split16_serial)(bits, sym, raw)
+    else:
+        _split32(bits, sym, raw)
     return sym, raw
 
 
