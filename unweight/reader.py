@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .codec import floats, huffman, lanes
-from .errors import CorruptDataError, FormatError, SourceError
+from .errors import CorruptDataError, SourceError
 from .format.manifest import MANIFEST_NAME, Manifest, TensorRecord, load_manifest
 from .format.safetensors_file import DTYPE_SIZES, SafetensorsHeader, read_header, read_range
 from .packed import PackedTensor, tensor_from_bytes

@@ -8,29 +8,16 @@ compiled it for a GPU), as tests/unweight/test_kernels.py does, and restores the
 
 from __future__ import annotations
 
-import importlib
-import os
 
 import pytest
 import torch
 
+from ..triton_interpreter import interpreted
 from .conftest import build_tiny_model, make_engine
 
 PROMPT = [5, 17, 99, 3, 250, 42, 7]
 
-_SAVED_INTERPRET = os.environ.get("TRITON_INTERPRET")
-os.environ["TRITON_INTERPRET"] = "1"
-try:
-    pytest.importorskip("triton")
-    from unweight.kernels import decode
-
-    if type(decode._decode_many_kernel).__name__ != "InterpretedFunction":
-        decode = importlib.reload(decode)
-finally:
-    if _SAVED_INTERPRET is None:
-        del os.environ["TRITON_INTERPRET"]
-    else:
-        os.environ["TRITON_INTERPRET"] = _SAVED_INTERPRET
+decode = interpreted("unweight.kernels.decode", "_decode_many_kernel")
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from unweight.codec.tensor import encode_float
+from unweight.packed import PackedTensor
+
+DTYPE_NAMES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}
+
 
 def bits(t: torch.Tensor) -> torch.Tensor:
     """Integer view of a tensor, for bit-exact comparisons (NaN payloads and -0.0 included)."""
@@ -21,3 +26,12 @@ def small_state(seed: int = 0) -> dict[str, torch.Tensor]:
         "position_ids": torch.arange(512, dtype=torch.int64).unsqueeze(0),
         "mask": torch.rand(7, 3, generator=g) > 0.5,
     }
+
+
+def pack(t: torch.Tensor, steps: int = 8) -> PackedTensor:
+    """A float tensor encoded in memory (verified while encoding), as the reader would return it."""
+    dtype = DTYPE_NAMES[t.dtype]
+    data = t.contiguous().view(torch.uint8).reshape(-1).numpy()
+    enc = encode_float(dtype, t.numel(), lambda a, b: data[a:b], steps=steps)
+    streams = {k: torch.from_numpy(v.copy()) for k, v in enc.streams.items()}
+    return PackedTensor("t", dtype, tuple(t.shape), "lanes", streams, steps, enc.code_lengths)

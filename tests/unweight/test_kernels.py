@@ -12,33 +12,19 @@ small (steps of 4 to 16 symbols) because the interpreter is slow.
 
 from __future__ import annotations
 
-import importlib
-import os
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from unweight.codec.tensor import encode_float
 from unweight.errors import UnweightError
 from unweight.packed import PackedTensor
 
-from .synthetic import bits
+from ..triton_interpreter import interpreted
+from .synthetic import bits, pack
 
-_SAVED_INTERPRET = os.environ.get("TRITON_INTERPRET")
-os.environ["TRITON_INTERPRET"] = "1"
-try:
-    pytest.importorskip("triton")
-    from unweight.kernels import decode
-
-    if type(decode._decode_lanes_kernel).__name__ != "InterpretedFunction":
-        decode = importlib.reload(decode)
-finally:
-    if _SAVED_INTERPRET is None:
-        del os.environ["TRITON_INTERPRET"]
-    else:
-        os.environ["TRITON_INTERPRET"] = _SAVED_INTERPRET
+decode = interpreted("unweight.kernels.decode", "_decode_lanes_kernel")
 
 DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
 POISON = {2: 0x5A5A, 4: 0x5A5A5A5A}
@@ -49,14 +35,6 @@ def interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert type(decode._decode_lanes_kernel).__name__ == "InterpretedFunction"
     assert type(decode._decode_many_kernel).__name__ == "InterpretedFunction"
-
-
-def pack(t: torch.Tensor, steps: int = 8) -> PackedTensor:
-    dtype = {v: k for k, v in DTYPES.items()}[t.dtype]
-    data = t.contiguous().view(torch.uint8).reshape(-1).numpy()
-    enc = encode_float(dtype, t.numel(), lambda a, b: data[a:b], steps=steps)
-    streams = {k: torch.from_numpy(v.copy()) for k, v in enc.streams.items()}
-    return PackedTensor("t", dtype, tuple(t.shape), "lanes", streams, steps, enc.code_lengths)
 
 
 def poisoned(count: int, dtype: torch.dtype, margin: int = 0) -> torch.Tensor:

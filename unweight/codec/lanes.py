@@ -99,56 +99,6 @@ def _compact(staging, counts, index, capacity, words):
         words[index[b] : index[b + 1]] = staging[b * capacity : b * capacity + counts[b]]
 
 
-@numba.njit(cache=True, nogil=True)
-def _decode_block(words, begin, end, table, count, out, out_start):
-    """Decode one block in lockstep; return 0 if it consumed exactly [begin, end), else 1."""
-    buf = np.zeros(LANES, dtype=np.uint32)
-    nbits = np.zeros(LANES, dtype=np.int64)
-    pos = begin
-    for i in range(count):
-        lane = i % LANES
-        if nbits[lane] < MAX_CODE_LEN:
-            if pos >= end:
-                return 1
-            buf[lane] |= np.uint32(words[pos]) << np.uint32(16 - nbits[lane])
-            nbits[lane] += 16
-            pos += 1
-        entry = table[buf[lane] >> np.uint32(32 - MAX_CODE_LEN)]
-        n = entry >> 8
-        if n > nbits[lane]:
-            return 1
-        out[out_start + i] = entry & 0xFF
-        buf[lane] <<= np.uint32(n)
-        nbits[lane] -= n
-    return 0 if pos == end else 1
-
-
-@numba.njit(cache=True, nogil=True, parallel=True)
-def _decode(words, index, table, steps, first_block, num_blocks, n, out, status):
-    block_size = LANES * steps
-    for k in numba.prange(num_blocks):
-        b = first_block + k
-        start = b * block_size
-        count = min(block_size, n - start)
-        status[k] = _decode_block(words, index[b], index[b + 1], table, count, out, k * block_size)
-
-
-def decode(words: np.ndarray, index: np.ndarray, table: np.ndarray, steps: int, n: int,
-           blocks: tuple[int, int] | None = None, where: str = "tensor") -> np.ndarray:
-    """Decode symbols of blocks [first, last) (all by default) into uint8[...]."""
-    first, last = blocks if blocks is not None else (0, index.size - 1)
-    block_size = LANES * steps
-    count = min(last * block_size, n) - first * block_size
-    out = np.empty(max(count, 0), dtype=np.uint8)
-    status = np.zeros(last - first, dtype=np.int64)
-    _decode(words, index, table.astype(np.int64), steps, first, last - first, n, out, status)
-    bad = np.flatnonzero(status)
-    if bad.size:
-        raise CorruptDataError(f"{where}: coded stream of block {first + int(bad[0])} does not decode "
-                               f"(truncated or corrupted data)")
-    return out
-
-
 @numba.njit(cache=True, nogil=True, inline="always")
 def _merge_value(sym, raw, n_total, i, wide):
     """The original bits of weight i from its symbol and raw planes (see floats.py)."""
