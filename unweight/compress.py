@@ -18,7 +18,7 @@ from .codec.tensor import EncodedTensor, choose_steps, encode_float, encode_othe
 from .errors import DestinationError
 from .format.output_dir import atomic_directory
 from .format.manifest import MANIFEST_NAME, SHARD_ROLES, Manifest, SourceFile, TensorRecord
-from .format.safetensors_file import SafetensorsHeader, TensorEntry, read_header, read_range, write_file
+from .format.safetensors_file import SafetensorsHeader, TensorEntry, read_header, read_range, write_spooled
 from .sources import SourceCheckpoint, resolve_source
 
 log = logging.getLogger(__name__)
@@ -161,17 +161,18 @@ def _stats(entry: TensorEntry, encoded: EncodedTensor) -> TensorStats:
 
 
 class _ShardWriter:
-    """Appends each tensor's streams to the current shard (one U8 tensor per role); a shard is
-    written when the next tensor would overflow it."""
+    """Streams each tensor's streams to disk as it comes: one spool file per role, joined into a
+    shard (one U8 tensor per role) when the next tensor would overflow it. Nothing of a shard is
+    held in memory, so peak memory follows the largest tensor, not the shard size."""
 
     def __init__(self, out: Path, shard_bytes: int):
         self.out, self.shard_bytes = out, shard_bytes
-        self.pending: dict[str, list[np.ndarray]] = {role: [] for role in SHARD_ROLES}
+        self.spools = {role: open(out / f".spool-{role}", "w+b") for role in SHARD_ROLES}
         self.sizes = dict.fromkeys(SHARD_ROLES, 0)
         self.names: list[str] = []
 
     def add(self, parts: dict[str, list[np.ndarray]]) -> tuple[str, dict[str, list[int]]]:
-        """Queue a tensor's streams (as pieces); returns its shard name and its spans in that shard."""
+        """Write a tensor's streams (as pieces); returns its shard name and its spans in that shard."""
         size = sum(a.size for pieces in parts.values() for a in pieces)
         if any(self.sizes.values()) and sum(self.sizes.values()) + size > self.shard_bytes:
             self._flush()
@@ -179,13 +180,17 @@ class _ShardWriter:
         for role, pieces in parts.items():
             length = sum(a.size for a in pieces)
             spans[role] = [self.sizes[role], self.sizes[role] + length]
-            self.pending[role] += pieces
+            for a in pieces:
+                self.spools[role].write(memoryview(np.ascontiguousarray(a)))
             self.sizes[role] += length
         return self._name(len(self.names)), spans
 
     def close(self) -> list[str]:
         if any(self.sizes.values()) or not self.names:
             self._flush()
+        for role, spool in self.spools.items():
+            spool.close()
+            (self.out / f".spool-{role}").unlink()
         return self.names
 
     def _name(self, i: int) -> str:
@@ -193,7 +198,12 @@ class _ShardWriter:
 
     def _flush(self) -> None:
         name = self._name(len(self.names))
-        write_file(self.out / name, list(self.pending.items()))
+        for spool in self.spools.values():
+            spool.flush()
+            spool.seek(0)
+        write_spooled(self.out / name, [(role, self.spools[role], self.sizes[role]) for role in SHARD_ROLES])
+        for spool in self.spools.values():
+            spool.seek(0)
+            spool.truncate()
         self.names.append(name)
-        self.pending = {role: [] for role in SHARD_ROLES}
         self.sizes = dict.fromkeys(SHARD_ROLES, 0)

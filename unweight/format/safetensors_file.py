@@ -15,9 +15,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -153,14 +155,15 @@ def build_header(tensors: list[tuple[str, str, tuple[int, ...], int]], metadata:
     return text + b" " * (-len(text) % 8)
 
 
-def write_file(path: Path, tensors: list[tuple[str, list[np.ndarray]]], metadata: dict[str, str] | None = None) -> None:
-    """Write U8 tensors, each given as a list of 1-D uint8 parts written back to back, fsynced."""
-    header = build_header([(name, "U8", (n := sum(a.size for a in parts),), n) for name, parts in tensors], metadata)
+def write_spooled(path: Path, tensors: list[tuple[str, BinaryIO, int]], metadata: dict[str, str] | None = None) -> None:
+    """Write U8 tensors whose bytes wait in open files (name, file at offset 0, size), fsynced."""
+    header = build_header([(name, "U8", (size,), size) for name, _, size in tensors], metadata)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(header)))
         f.write(header)
-        for _, parts in tensors:
-            for a in parts:
-                f.write(memoryview(np.ascontiguousarray(a)))
+        for name, source, size in tensors:
+            copied = shutil.copyfileobj(source, f, 1 << 24) or source.tell()
+            if copied != size:
+                raise OSError(f"{path}: spooled stream {name!r} holds {copied} bytes, expected {size}")
         f.flush()
         os.fsync(f.fileno())
