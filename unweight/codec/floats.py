@@ -45,7 +45,7 @@ def _split16_body(bits, sym, raw):
 # small tensors split on the calling thread: waking the thread pool costs more than it saves
 _split16 = numba.njit(cache=True, nogil=True, parallel=True)(_split16_body)
 _split16_serial = numba.njit(cache=True, nogil=True)(_split16_body)
-PARALLEL_MIN = 1 << 20  # weights
+PARALLEL_MIN = 1 << 16  # weights
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
