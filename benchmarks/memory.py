@@ -168,7 +168,7 @@ def measure(ckpt: Checkpoint, workdir: Path, quick: bool) -> list[RunResult]:
     runs = [peak_rss([sys.executable, "-c", BASELINE_CODE], "baseline: python importing torch, numba, unweight")]
     variants = [("`unweight compress` (verification on, the default)", [])]
     if not quick:
-        # the packed streams of a shard stay in memory until it is written: a smaller shard shows their share
+        # peak RSS should follow the largest tensor, not the shard size: a small shard size checks that
         variants += [("`unweight compress --no-verify`", ["--no-verify"]),
                      (f"`unweight compress --shard-size {SMALL_SHARD_MIB}`", ["--shard-size", str(SMALL_SHARD_MIB)])]
     for label, extra in variants:
