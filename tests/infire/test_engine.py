@@ -43,18 +43,7 @@ def test_batch_equals_alone(llama_engine, alone):
 
 def test_requests_joining_mid_run_get_the_same_tokens(llama_engine, alone):
     engine = llama_engine
-    engine.add_request("a", PROMPTS["a"], GREEDY)
-    tokens = {rid: [] for rid in PROMPTS}
-    joins = {2: "b", 3: "c", 6: "d"}  # step index -> request that joins before it
-    step = 0
-    while engine.has_unfinished_requests() or joins:
-        if step in joins:
-            rid = joins.pop(step)
-            engine.add_request(rid, PROMPTS[rid], GREEDY)
-        for out in engine.step():
-            tokens[out.request_id] += out.new_token_ids
-        step += 1
-    assert tokens == alone
+    assert run_with_late_joins(engine) == alone
 
 
 def test_chunked_prefill_gives_the_same_tokens(llama_dir, alone):
@@ -250,18 +239,7 @@ def test_padded_decode_steps_give_the_same_tokens(llama_dir, alone):
         return run(scheduled)
 
     graphs.run = counted
-    engine.add_request("a", PROMPTS["a"], GREEDY)
-    tokens = {rid: [] for rid in PROMPTS}
-    joins = {2: "b", 3: "c", 6: "d"}  # step index -> request that joins before it (a prefill: an eager step)
-    step = 0
-    while engine.has_unfinished_requests() or joins:
-        if step in joins:
-            rid = joins.pop(step)
-            engine.add_request(rid, PROMPTS[rid], GREEDY)
-        for out in engine.step():
-            tokens[out.request_id] += out.new_token_ids
-        step += 1
-    assert tokens == alone
+    assert run_with_late_joins(engine) == alone  # each join is a prefill: an eager step
     assert {1, 2, 3, 4} <= set(steps)  # padded to 2, 2, 8 and 8 rows
 
 
@@ -338,3 +316,19 @@ def test_decode_inputs_restage_block_tables_that_grow_move_or_are_replaced():
     a.num_computed_tokens = 0
     assert staged([a], 2) == ([[1, 3, 0]], [2, 18])  # stale columns beyond the table are never read
     assert inputs.seq_lens[:2].tolist() == [1, 1] and inputs.input_ids[:1].tolist() == [1]
+
+
+def run_with_late_joins(engine) -> dict[str, list[int]]:
+    """Greedy tokens of PROMPTS when "a" starts alone and the others join a running batch."""
+    engine.add_request("a", PROMPTS["a"], GREEDY)
+    tokens = {rid: [] for rid in PROMPTS}
+    joins = {2: "b", 3: "c", 6: "d"}  # step index -> request that joins before it
+    step = 0
+    while engine.has_unfinished_requests() or joins:
+        if step in joins:
+            rid = joins.pop(step)
+            engine.add_request(rid, PROMPTS[rid], GREEDY)
+        for out in engine.step():
+            tokens[out.request_id] += out.new_token_ids
+        step += 1
+    return tokens
