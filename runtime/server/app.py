@@ -77,28 +77,33 @@ class OpenAIServing:
         self._check_request(body)
         prompt_ids = self.frontend.encode_prompt(body.single_prompt())
         stream = await self._submit(body, prompt_ids, body.max_tokens, "cmpl")
-        if body.stream:
-            return sse_response(self._completion_events(stream, body.include_usage), lambda: self.frontend.abort(stream.request_id))
-        result = await collect(stream, request, self.frontend)
-        if result is None:
-            return Response(status_code=CLIENT_CLOSED_REQUEST)
-        text, last = result
-        choice = protocol.completion_choice(text, last.finish_reason)
-        usage = protocol.usage(last.num_prompt_tokens, last.num_output_tokens)
-        return JSONResponse(protocol.completion_body(stream.request_id, self.model_name, protocol.now(), [choice], usage))
+
+        def complete(text, last, usage) -> dict:
+            choice = protocol.completion_choice(text, last.finish_reason)
+            return protocol.completion_body(stream.request_id, self.model_name, protocol.now(), [choice], usage)
+
+        return await self._respond(body, request, stream, self._completion_events, complete)
 
     async def chat(self, body: protocol.ChatCompletionRequest, request: Request) -> Response:
         self._check_request(body)
         prompt_ids = self.frontend.encode_chat(body.template_messages(), body.add_generation_prompt)
         stream = await self._submit(body, prompt_ids, body.requested_max_tokens(), "chatcmpl")
+
+        def complete(text, last, usage) -> dict:
+            return protocol.chat_body(stream.request_id, self.model_name, protocol.now(), text, last.finish_reason, usage)
+
+        return await self._respond(body, request, stream, self._chat_events, complete)
+
+    async def _respond(self, body, request: Request, stream, events, complete) -> Response:
+        """SSE events when streaming; else wait for the whole output and build the body with `complete`."""
         if body.stream:
-            return sse_response(self._chat_events(stream, body.include_usage), lambda: self.frontend.abort(stream.request_id))
+            return sse_response(events(stream, body.include_usage), lambda: self.frontend.abort(stream.request_id))
         result = await collect(stream, request, self.frontend)
         if result is None:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         text, last = result
         usage = protocol.usage(last.num_prompt_tokens, last.num_output_tokens)
-        return JSONResponse(protocol.chat_body(stream.request_id, self.model_name, protocol.now(), text, last.finish_reason, usage))
+        return JSONResponse(complete(text, last, usage))
 
     def _check_request(self, body: protocol.SamplingFields) -> None:
         if body.model is not None and body.model != self.model_name:
