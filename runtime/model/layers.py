@@ -107,12 +107,24 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 # ---------------------------------------------------------------------------- linear
 
 
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ops_backend: str) -> torch.Tensor:
+    """F.linear, or with ops_backend "triton" the bandwidth-bound kernel for a few rows (decode steps)."""
+    if ops_backend == "triton":
+        from infire.model.triton_ops import linear, use_gemv
+
+        if use_gemv(x):
+            return linear(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
 class ColumnParallelLinear(nn.Module):
     """y = x W^T (+ b) where W stacks several checkpoint tensors ("shards") by rows.
 
     Each shard's rows are split across tensor-parallel ranks, so a rank holds
     sum(shard_sizes) / tp_size rows: e.g. q, k, v stacked into one qkv projection.
     """
+
+    ops_backend = "torch"
 
     def __init__(self, input_size: int, shard_sizes: list[int], bias: bool,
                  tp_size: int = 1, tp_rank: int = 0) -> None:
@@ -137,11 +149,13 @@ class ColumnParallelLinear(nn.Module):
         param.data[start:end].copy_(loaded.narrow(0, self.tp_rank * rows, rows))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return _linear(x, self.weight, self.bias, self.ops_backend)
 
 
 class RowParallelLinear(nn.Module):
     """y = x W^T with W split by columns across ranks; partial sums are all-reduced."""
+
+    ops_backend = "torch"
 
     def __init__(self, input_size: int, output_size: int, bias: bool = False,
                  tp_size: int = 1, tp_rank: int = 0) -> None:
@@ -163,7 +177,7 @@ class RowParallelLinear(nn.Module):
         param.data.copy_(loaded.narrow(1, self.tp_rank * cols, cols))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight)
+        y = _linear(x, self.weight, None, self.ops_backend)
         if self.tp_size > 1:
             torch.distributed.all_reduce(y)
         return y if self.bias is None else y + self.bias

@@ -96,7 +96,8 @@ class LlamaForCausalLM(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
 
     def set_ops_backend(self, backend: str) -> None:
-        """"torch": reference ops; "triton": fused RMSNorm + residual, rotary + KV store, SiLU-and-mul."""
+        """"torch": reference ops; "triton": fused RMSNorm + residual, rotary + KV store, SiLU-and-mul and
+        the small-batch linear kernel."""
         for module in self.modules():
             if hasattr(module, "ops_backend"):
                 module.ops_backend = backend

@@ -1,15 +1,18 @@
-"""Triton kernels that fuse the small per-layer ops of a decoder layer (imports triton).
+"""Triton kernels for the per-layer ops of a decoder layer (imports triton): fused small
+ops, and the linear layer of decode steps (a few rows against all the weights).
 
 Each kernel repeats the rounding steps of the torch ops it replaces (layers.py):
 rotary + KV store gives the same bits as the torch path; SiLU-and-mul calls the
 same expf and IEEE division as torch's CUDA kernel; RMSNorm differs only in the
-order of its float32 sum of squares. Launches are CUDA-graph safe: no host
+order of its float32 sum of squares, the linear kernel in the order of its float32
+dot products (cuBLAS sums in another order too). Launches are CUDA-graph safe: no host
 synchronization, no allocation beyond the outputs.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -215,6 +218,92 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+# ---------------------------------------------------------------------------- small-batch linear
+
+
+GEMV_MAX_ROWS = 4   # x rows up to which `linear` runs the Triton kernel; more rows go to torch (cuBLAS)
+
+
+@dataclass(frozen=True)
+class GemvConfig:
+    """Tile of the small-batch linear kernel; benchmarks/gemv.py sweeps it on the target GPU."""
+
+    block_n: int = 4      # output features a program computes
+    block_k: int = 1024   # weight columns read per loop iteration (16-byte loads per thread)
+    num_warps: int = 4
+
+
+GEMV_CONFIG = GemvConfig()
+
+
+@triton.jit
+def gemv_kernel(out_ptr, x_ptr, w_ptr, bias_ptr, num_rows, num_out, num_in, stride_out, stride_x, stride_w,
+                HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                EVEN_K: tl.constexpr):
+    """out[m, n] = sum_k x[m, k] * w[n, k] (+ bias[n]) for BLOCK_N features n and all ROWS rows m.
+
+    Batch-1 decoding reads every weight once per token, so this is a bandwidth problem:
+    each program streams a [BLOCK_N, num_in] slab of W in [BLOCK_N, BLOCK_K] tiles, keeps
+    float32 partial products per column and reduces them once at the end (no split over K,
+    so no atomics: the result is deterministic).
+    """
+    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = n < num_out
+    rows = tl.arange(0, ROWS)
+    row_mask = rows < num_rows
+    k = tl.arange(0, BLOCK_K)
+    w_at = w_ptr + n.to(tl.int64)[:, None] * stride_w + k[None, :]          # [BLOCK_N, BLOCK_K]
+    x_at = x_ptr + rows.to(tl.int64)[:, None] * stride_x + k[None, :]       # [ROWS, BLOCK_K]
+    acc = tl.full([ROWS, BLOCK_N, BLOCK_K], 0.0, tl.float32)
+    for k0 in range(0, num_in, BLOCK_K):
+        if EVEN_K:
+            w = tl.load(w_at, mask=n_mask[:, None], other=0.0)
+            x = tl.load(x_at, mask=row_mask[:, None], other=0.0)
+        else:
+            k_mask = (k0 + k) < num_in
+            w = tl.load(w_at, mask=n_mask[:, None] & k_mask[None, :], other=0.0)
+            x = tl.load(x_at, mask=row_mask[:, None] & k_mask[None, :], other=0.0)
+        acc += x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
+        w_at += BLOCK_K
+        x_at += BLOCK_K
+    y = tl.sum(acc, axis=2)                                                 # [ROWS, BLOCK_N]
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    out_at = out_ptr + rows.to(tl.int64)[:, None] * stride_out + n[None, :]
+    tl.store(out_at, y.to(out_ptr.dtype.element_ty), mask=row_mask[:, None] & n_mask[None, :])
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           config: GemvConfig | None = None) -> torch.Tensor:
+    """x [T, K] @ weight[N, K]^T (+ bias) for T <= GEMV_MAX_ROWS, float32 accumulation."""
+    _check_rows("linear x", x)
+    _check_rows("linear weight", weight)
+    num_rows, num_in = x.shape
+    num_out = weight.shape[0]
+    if weight.shape[1] != num_in or weight.dtype != x.dtype or not 0 < num_rows <= GEMV_MAX_ROWS:
+        raise InfireError(f"linear: x {x.dtype} {tuple(x.shape)} and weight {weight.dtype} {tuple(weight.shape)} "
+                          f"do not fit (same dtype, same K, 1..{GEMV_MAX_ROWS} rows)")
+    if bias is not None and (bias.shape != (num_out,) or bias.dtype != x.dtype or not bias.is_contiguous()):
+        raise InfireError(f"linear: bias {bias.dtype} {tuple(bias.shape)} does not match {num_out} outputs")
+    _check_device("linear", x, weight)
+    cfg = config or GEMV_CONFIG
+    block_k = min(cfg.block_k, triton.next_power_of_2(num_in))
+    rows = triton.next_power_of_2(num_rows)
+    out = torch.empty(num_rows, num_out, dtype=x.dtype, device=x.device)
+    gemv_kernel[(triton.cdiv(num_out, cfg.block_n),)](
+        out, x, weight, bias if bias is not None else weight, num_rows, num_out, num_in,
+        out.stride(0), x.stride(0), weight.stride(0), HAS_BIAS=bias is not None, ROWS=rows,
+        BLOCK_N=cfg.block_n, BLOCK_K=max(16, block_k // rows), EVEN_K=num_in % max(16, block_k // rows) == 0,
+        num_warps=cfg.num_warps,
+    )
+    return out
+
+
+def use_gemv(x: torch.Tensor) -> bool:
+    """Whether `linear` takes these rows (few of them, on the GPU or under the interpreter)."""
+    return x.dim() == 2 and 0 < x.shape[0] <= GEMV_MAX_ROWS and (x.is_cuda or _interpreted())
+
+
 # ---------------------------------------------------------------------------- checks
 
 
@@ -239,7 +328,8 @@ def check_fused_ops(config, device: torch.device, dtype: torch.dtype, tp_size: i
     Returns None when all agree (rotary + KV store bit for bit, the others within a
     rounding step), else what failed: a kernel that does not compile or disagrees.
     """
-    checks = {"rms_norm": _check_rms_norm, "rotary_store_kv": _check_rotary, "silu_and_mul": _check_silu}
+    checks = {"rms_norm": _check_rms_norm, "rotary_store_kv": _check_rotary, "silu_and_mul": _check_silu,
+              "linear": _check_linear}
     gen = torch.Generator(device=device).manual_seed(0)
     for name, check in checks.items():
         try:
@@ -298,3 +388,14 @@ def _check_silu(config, device, dtype, tp_size, gen) -> None:
     x = 3 * _random((3, 2 * config.intermediate_size // tp_size), dtype, device, gen)
     gate, up = x.chunk(2, dim=-1)
     torch.testing.assert_close(silu_and_mul(x), F.silu(gate) * up)
+
+
+def _check_linear(config, device, dtype, tp_size, gen) -> None:
+    import torch.nn.functional as F
+
+    hidden = config.hidden_size
+    weight = _random((2 * config.intermediate_size // tp_size, hidden), dtype, device, gen) / hidden ** 0.5
+    bias = _random(weight.shape[0], dtype, device, gen)
+    for num_rows in range(1, GEMV_MAX_ROWS + 1):
+        x = _random((num_rows, hidden), dtype, device, gen)
+        torch.testing.assert_close(linear(x, weight, bias), F.linear(x, weight, bias))

@@ -1,7 +1,7 @@
 """Paged attention: the torch path against dense causal attention, and the Triton
 kernels (under TRITON_INTERPRET=1, in a subprocess so the flag is set before Triton
 is imported) against the torch path: attention, and the fused RMSNorm, rotary + KV
-store and SiLU-and-mul of ops_backend="triton"."""
+store, SiLU-and-mul and the decode-step linear kernel of ops_backend="triton"."""
 
 from __future__ import annotations
 
@@ -127,7 +127,9 @@ OPS_SCRIPT = textwrap.dedent("""
     from infire.engine.attention import store_kv
     from infire.model.config import parse_model_config
     from infire.model.layers import RMSNorm, RotaryEmbedding, apply_rotary
-    from infire.model.triton_ops import check_fused_ops, rms_norm, rotary_store_kv, silu_and_mul
+    from infire.errors import InfireError
+    from infire.model.triton_ops import (GemvConfig, check_fused_ops, linear, rms_norm, rotary_store_kv,
+                                         silu_and_mul)
 
     def same_bits(a, b):
         return a.dtype == b.dtype and torch.equal(a.view(torch.int16 if a.element_size() == 2 else torch.int32),
@@ -171,6 +173,23 @@ OPS_SCRIPT = textwrap.dedent("""
         gate_up = 3 * torch.randn(num_tokens, 2 * 200, generator=gen).to(dtype)
         gate, up = gate_up.chunk(2, dim=-1)
         torch.testing.assert_close(silu_and_mul(gate_up), F.silu(gate) * up)
+
+        # the decode-step linear kernel: 1..4 rows, K a multiple of the tile or not, with and without bias,
+        # a strided x (a view), and a tile smaller than K so that the loop runs several times
+        for rows, features, k, tile in ((1, 37, 96, GemvConfig(block_k=32)), (3, 64, 200, GemvConfig()),
+                                        (4, 5, 64, GemvConfig(block_n=8, block_k=16, num_warps=2))):
+            x = torch.randn(rows, 2 * k, generator=gen).to(dtype)[:, :k]
+            w = (torch.randn(features, k, generator=gen) / k ** 0.5).to(dtype)
+            b = torch.randn(features, generator=gen).to(dtype)
+            for bias in (None, b):
+                torch.testing.assert_close(linear(x, w, bias, tile), F.linear(x, w, bias))
+        for bad in (torch.randn(5, 96).to(dtype), torch.randn(2, 95).to(dtype)):  # too many rows; K mismatch
+            try:
+                linear(bad, torch.randn(7, 96).to(dtype))
+            except InfireError as e:
+                assert "linear" in str(e)
+            else:
+                raise AssertionError("bad linear input accepted")
     print("ok")
 """)
 

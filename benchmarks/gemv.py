@@ -1,0 +1,120 @@
+"""Decode-step linear layers: infire's Triton small-batch kernel against torch (cuBLAS) on the
+weight shapes of one Llama-3.1-8B layer and its output head, beside the device copy bandwidth
+measured in the same run.
+
+    python benchmarks/gemv.py --json results/gemv.json      # on the GPU machine (~1 min)
+    TRITON_INTERPRET=1 python benchmarks/gemv.py --quick --device cpu   # checks the script runs
+
+At batch 1 a linear layer reads every weight once and does 2 FLOPs per 2-byte weight, so its
+limit is bytes: weight bytes / read bandwidth. The copy bandwidth (bytes read + written) stands
+in for the read bandwidth. Every kernel output is compared with torch's (float32 accumulation
+in both, different summation order: equal to a rounding step) before it is timed.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Section, command_line, markdown_table, parser, publish  # noqa: E402
+from engine_throughput import copy_bandwidth  # noqa: E402
+
+from infire.model import triton_ops  # noqa: E402
+
+TITLE = "Decode-step linear layers: Triton small-batch kernel vs cuBLAS"
+# (name, out features, in features): the stacked projections infire runs per 8B layer, and the head
+LLAMA31_8B = [("qkv_proj", 6144, 4096), ("o_proj", 4096, 4096), ("gate_up_proj", 28672, 4096),
+              ("down_proj", 4096, 14336), ("lm_head", 128256, 4096)]
+QUICK = [("qkv_proj", 96, 64), ("down_proj", 64, 160)]
+# the engine's tile first, then the others
+SWEEP = list(dict.fromkeys([triton_ops.GEMV_CONFIG, *(triton_ops.GemvConfig(n, k, w) for n in (2, 4, 8)
+                                                      for k in (512, 1024) for w in (4, 8))]))
+
+
+def time_ms(fn, device: torch.device, repeats: int) -> float:
+    """Median milliseconds of `fn` (CUDA events on the GPU, wall clock elsewhere)."""
+    times = []
+    for i in range(repeats + 3):
+        if device.type == "cuda":
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            stop.record()
+            stop.synchronize()
+            elapsed = start.elapsed_time(stop)
+        else:
+            import time
+
+            t0 = time.perf_counter()
+            fn()
+            elapsed = (time.perf_counter() - t0) * 1e3
+        if i >= 3:
+            times.append(elapsed)
+    return statistics.median(times)
+
+
+def main(argv=None) -> int:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--rows", type=int, nargs="+", default=[1, 4])
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    shapes = QUICK if args.quick else LLAMA31_8B
+    sweep = SWEEP[:2] if args.quick else SWEEP
+    repeats = 2 if args.quick else args.repeats
+    bandwidth = copy_bandwidth(device.type) / 1e9
+    gen = torch.Generator(device=device).manual_seed(0)
+    weights = {name: (torch.randn(n, k, generator=gen, device=device) * 0.02).to(torch.bfloat16)
+               for name, n, k in shapes}
+    results = {"copy_gb_per_s": bandwidth, "cases": []}
+    rows_md = []
+    for num_rows in args.rows:
+        totals = {"torch": 0.0, "triton": 0.0}
+        for name, n, k in shapes:
+            w = weights[name]
+            x = torch.randn(num_rows, k, generator=gen, device=device).to(torch.bfloat16)
+            expected = F.linear(x, w)
+            timed = {}
+            for cfg in sweep:
+                torch.testing.assert_close(triton_ops.linear(x, w, config=cfg), expected)  # before timing
+                timed[cfg] = time_ms(lambda cfg=cfg: triton_ops.linear(x, w, config=cfg), device, repeats)
+            best = min(timed, key=timed.get)
+            default_ms = timed.get(triton_ops.GEMV_CONFIG, float("nan"))
+            torch_ms = time_ms(lambda: F.linear(x, w), device, repeats)
+            gb = w.numel() * w.element_size() / 1e9
+            totals["torch"] += torch_ms
+            totals["triton"] += default_ms
+            results["cases"].append({"rows": num_rows, "name": name, "shape": [n, k], "torch_ms": torch_ms,
+                                     "triton_default_ms": default_ms, "best_config": {"block_n": best.block_n, "block_k": best.block_k,
+                                                                    "num_warps": best.num_warps},
+                                     "triton_best_ms": timed[best],
+                                     "sweep_ms": {f"{c.block_n}x{c.block_k}w{c.num_warps}": t for c, t in timed.items()}})
+            rows_md.append([num_rows, f"{name} {n}x{k}", f"{torch_ms * 1e3:,.1f}", f"{gb / torch_ms * 1e3:,.0f}",
+                            f"{default_ms * 1e3:,.1f}", f"{gb / default_ms * 1e3:,.0f}",
+                            f"{gb / default_ms * 1e3 / bandwidth:.0%}",
+                            f"{best.block_n}x{best.block_k}w{best.num_warps}: {timed[best] * 1e3:,.1f}"])
+        results[f"layer_and_head_rows{num_rows}"] = totals
+    table = markdown_table(["rows", "weights", "cuBLAS (us)", "cuBLAS GB/s", "Triton (us)", "Triton GB/s",
+                            "Triton of copy bandwidth", "best tile: us"], rows_md)
+    default = triton_ops.GEMV_CONFIG
+    notes = [f"Triton tile used by the engine: block_n={default.block_n}, block_k={default.block_k}, "
+             f"num_warps={default.num_warps}; swept: {len(sweep)} tiles (block_n x block_k, warps)."]
+    for num_rows in args.rows:
+        t = results[f"layer_and_head_rows{num_rows}"]
+        notes.append(f"{num_rows} row(s), one layer's four projections + lm_head: cuBLAS {t['torch'] * 1e3:,.0f} us, "
+                     f"Triton {t['triton'] * 1e3:,.0f} us ({t['torch'] / t['triton']:.2f}x).")
+    section = Section(TITLE, command_line(), table,
+                      f"torch F.linear (cuBLAS) on the same tensors and the device copy bandwidth "
+                      f"({bandwidth:,.0f} GB/s read + written), measured in the same run", notes)
+    publish(args, section, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
