@@ -256,6 +256,13 @@ def copy_bandwidth(device: str, repeats: int = 10) -> float:
     return 2 * src.numel() * src.element_size() / statistics.median(seconds)
 
 
+def kv_bytes_per_token(config: dict, dtype: torch.dtype) -> int:
+    """Bytes of K and V cache one token of context holds across all layers."""
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    kv_heads = config.get("num_key_value_heads") or config["num_attention_heads"]
+    return config["num_hidden_layers"] * 2 * kv_heads * head_dim * dtype.itemsize
+
+
 def random_prompts(count: int, length: int, vocab: int, seed: int) -> list[list[int]]:
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(3, vocab, (count, length), generator=gen).tolist()
@@ -522,14 +529,19 @@ def guarded(run: Run, name: str, fn, *args) -> None:
 # ---------------------------------------------------------------------------- report
 
 
-def summary(run: Run, bandwidth: float, weight_bytes: int, num_layers: int) -> dict:
+def summary(run: Run, bandwidth: float, weight_bytes: int, num_layers: int, kv_bytes_per_token: int) -> dict:
     """The headline figures (the JSON's "summary"); the bandwidth limit is that of the whole
     model (num_layers), so models with fewer layers are not set against it."""
     limit = bandwidth / weight_bytes
+    # a decode step reads every weight once and the KV cache of every sequence (its context
+    # grows from the prompt over the timed steps: half of them on average)
+    context = run.plan.prompt_len + run.plan.decode_steps / 2
+    batch_limits = {b: b * bandwidth / (weight_bytes + b * context * kv_bytes_per_token) for b in run.plan.batches}
     out = {
         "card": torch.cuda.get_device_name(0) if run.plan.device == "cuda" else cpu_model(),
         "copy_bandwidth_gb_per_s": bandwidth / 1e9, "weight_bytes": weight_bytes,
         "bandwidth_limit_tokens_per_s": limit, "bandwidth_limit_ms_per_token": 1e3 / limit,
+        "kv_bytes_per_token": kv_bytes_per_token, "bandwidth_limit_tokens_per_s_by_batch": batch_limits,
         "engines": {fig.engine: engine_summary(fig, limit if fig.layers in (None, num_layers) else None)
                     for fig in run.results},
         "checks_passed": all(c.status != "FAIL" for c in run.checks),
@@ -626,6 +638,14 @@ def notes(run: Run, figures: dict) -> list[str]:
     if "infire_vs_transformers" in figures:
         lines.append("infire vs transformers: " + ", ".join(
             f"{key.replace('_', ' ')} {value:.1f}x" for key, value in figures["infire_vs_transformers"].items()))
+    limits, engines = figures["bandwidth_limit_tokens_per_s_by_batch"], figures["engines"]
+    hf, dense = engines.get("transformers generate"), engines.get("infire (dense)")
+    if hf and dense and dense["layers"] in (None, run.extra.get("num_layers")):
+        lines.append("Bandwidth limit by batch (weights + the KV cache of every sequence, "
+                     f"{figures['kv_bytes_per_token'] / 1e3:,.0f} kB a token of context, read once a step): " + "; ".join(
+                         f"batch {b}: {limit:,.0f} tokens/s, infire at {dense[f'batch{b}_tokens_per_s'] / limit:.0%} "
+                         f"of it, transformers x 5 = {5 * hf[f'batch{b}_tokens_per_s'] / limit:.0%} of it"
+                         for b, limit in limits.items()) + ".")
     if "compressed" in figures:
         c = figures["compressed"]
         lines.append(
@@ -671,7 +691,8 @@ def main(argv: list[str] | None = None) -> None:
         if plan.weights != "dense":
             guarded(run, "compressed", run_compressed, args, run, saved or path, dense_tokens, Path(scratch))
     weight_bytes = num_weights(raw_config) * dtype.itemsize
-    figures = summary(run, bandwidth, weight_bytes, raw_config["num_hidden_layers"])
+    run.extra["num_layers"] = raw_config["num_hidden_layers"]
+    figures = summary(run, bandwidth, weight_bytes, raw_config["num_hidden_layers"], kv_bytes_per_token(raw_config, dtype))
     section = report(args, run, figures)
     say("done")
     publish(args, section, {
