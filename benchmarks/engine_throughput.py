@@ -414,6 +414,9 @@ def run_dense(args, run: Run, path: Path, load_format: str, scratch: Path) -> tu
     if plan.eager_rows and engine.runner.graphs is not None:
         with phase(run, "infire dense, eager: timing"), engine.runner.eager_mode():
             run.results.append(infire_figures(engine, plan, "infire (dense, eager)", vocab))
+        if engine.runner.ops_backend == "triton":
+            with phase(run, "infire dense, cuBLAS linear: capture and timing"), cublas_linear(engine):
+                run.results.append(infire_figures(engine, plan, "infire (dense, cuBLAS linear)", vocab))
     saved = None
     if plan.weights != "dense" and load_format == "dummy":
         with phase(run, "save random weights (safetensors)"):
@@ -423,6 +426,27 @@ def run_dense(args, run: Run, path: Path, load_format: str, scratch: Path) -> tu
     del engine
     free_device_memory(plan.device)
     return tokens, saved
+
+
+@contextmanager
+def cublas_linear(engine) -> Iterator[None]:
+    """Decode steps with torch's linear (cuBLAS) in place of the small-batch Triton kernel, to set
+    the kernel against it: the CUDA graphs are captured again, with and then without it."""
+    from infire.model import triton_ops
+
+    def recapture() -> None:
+        engine.runner.graphs = None
+        free_device_memory("cuda")
+        engine.runner.graphs = engine.runner._capture_graphs()
+
+    saved = triton_ops.GEMV_MAX_ROWS
+    triton_ops.GEMV_MAX_ROWS = 0
+    try:
+        recapture()
+        yield
+    finally:
+        triton_ops.GEMV_MAX_ROWS = saved
+        recapture()
 
 
 def run_compressed(args, run: Run, plain: Path, dense_tokens: dict | None, scratch: Path) -> None:

@@ -192,7 +192,8 @@ class Bench:
         self.notes: list[str] = []
         self.copy_gbs: float | None = None
         self.t0 = time.perf_counter()
-        self.steps = 1024 if device.type == "cuda" else 8   # the interpreter needs short lanes
+        # steps of the main tensor (the full variant sweep runs on it); the interpreter needs short lanes
+        self.steps = (args.main_steps or 1024) if device.type == "cuda" else 8
         self.main_name = ""
         self.configs_by_name: dict = {}
         self.minilm = args.minilm
@@ -299,7 +300,7 @@ def sweep_configs(kd, quick: bool) -> list:
     configs = [kd.DEFAULT_CONFIG]
     # warps a program: a flat tile of rows * 32 lanes on as many warps keeps lane j on hardware lane j
     # (the ballot needs it); 1-warp programs are capped at 32 resident per SM (half the warps)
-    for rows in (4, 2, 8, 1):
+    for rows in (4, 2, 8, 1, 16):
         for table in (glob, prefix):
             configs.append(c(rows, rows, ballot, table, True, 4))
     configs += [c(4, 4, ballot, shuf, True, 4), c(4, 4, ballot, glob, True, 2), c(4, 4, ballot, glob, False, 4),
@@ -620,6 +621,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out-md", type=Path, default=None,
                    help="also write the table as a section of this markdown file (e.g. BENCHMARKS.md)")
     p.add_argument("--budget-s", type=float, default=360.0, help="stop sweeping variants after this many seconds")
+    p.add_argument("--main-steps", type=int, default=None,
+                   help="steps of the main tensor, on which every kernel variant is timed (default 1024)")
     p.add_argument("--steps-sweep", type=int, nargs="*", default=[256, 512],
                    help="other values of steps to encode the main tensor with (best two variants each)")
     p.add_argument("--layer-steps", type=int, nargs="*", default=[512, 256],
