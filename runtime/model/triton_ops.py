@@ -221,14 +221,15 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------- small-batch linear
 
 
-GEMV_MAX_ROWS = 4   # x rows up to which `linear` runs the Triton kernel; more rows go to torch (cuBLAS)
+GEMV_MAX_ROWS = 1   # x rows up to which `linear` runs the Triton kernel; more rows go to torch (cuBLAS)
 
 
 @dataclass(frozen=True)
 class GemvConfig:
-    """Tile of the small-batch linear kernel; benchmarks/gemv.py sweeps it on the target GPU."""
+    """Tile of the batch-1 linear kernel; benchmarks/gemv.py sweeps it on the target GPU (the
+    default was the fastest on most 8B shapes on an H100, BENCHMARKS.md)."""
 
-    block_n: int = 4      # output features a program computes
+    block_n: int = 2      # output features a program computes
     block_k: int = 1024   # weight columns read per loop iteration (16-byte loads per thread)
     num_warps: int = 4
 
@@ -237,96 +238,65 @@ GEMV_CONFIG = GemvConfig()
 
 
 @triton.jit
-def gemv_kernel(out_ptr, x_ptr, w_ptr, bias_ptr, num_rows, num_out, num_in, stride_out, stride_x, stride_w,
-                HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                EVEN_K: tl.constexpr):
-    """out[m, n] = sum_k x[m, k] * w[n, k] (+ bias[n]) for BLOCK_N features n and ROWS (1, 2 or 4) rows m.
+def gemv_kernel(out_ptr, x_ptr, w_ptr, bias_ptr, num_out, num_in, stride_w,
+                HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
+    """out[n] = sum_k x[k] * w[n, k] (+ bias[n]) for BLOCK_N features n.
 
     Batch-1 decoding reads every weight once per token, so this is a bandwidth problem:
     each program streams a [BLOCK_N, num_in] slab of W in [BLOCK_N, BLOCK_K] tiles, keeps
     float32 partial products per column and reduces them once at the end (no split over K,
-    so no atomics: the result is deterministic). Each row of x has its own accumulator in
-    the tile's layout, so x is read straight into it, with no layout conversion in the loop.
+    so no atomics: the result is deterministic).
     """
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = n < num_out
     k = tl.arange(0, BLOCK_K)
     w_at = w_ptr + n.to(tl.int64)[:, None] * stride_w + k[None, :]          # [BLOCK_N, BLOCK_K]
-    x_at = x_ptr + k                                                       # row 0 of x, [BLOCK_K]
-    acc0 = tl.full([BLOCK_N, BLOCK_K], 0.0, tl.float32)
-    acc1 = acc0
-    acc2 = acc0
-    acc3 = acc0
+    x_at = x_ptr + k
+    acc = tl.full([BLOCK_N, BLOCK_K], 0.0, tl.float32)
     for k0 in range(0, num_in, BLOCK_K):
         if EVEN_K:
-            k_mask = k >= 0
-            w = tl.load(w_at, mask=n_mask[:, None], other=0.0).to(tl.float32)
+            w = tl.load(w_at, mask=n_mask[:, None], other=0.0)
+            x = tl.load(x_at)
         else:
             k_mask = (k0 + k) < num_in
-            w = tl.load(w_at, mask=n_mask[:, None] & k_mask[None, :], other=0.0).to(tl.float32)
-        acc0 += w * _x_row(x_at, 0, stride_x, k_mask, num_rows)
-        if ROWS > 1:
-            acc1 += w * _x_row(x_at, 1, stride_x, k_mask, num_rows)
-        if ROWS > 2:
-            acc2 += w * _x_row(x_at, 2, stride_x, k_mask, num_rows)
-            acc3 += w * _x_row(x_at, 3, stride_x, k_mask, num_rows)
+            w = tl.load(w_at, mask=n_mask[:, None] & k_mask[None, :], other=0.0)
+            x = tl.load(x_at, mask=k_mask, other=0.0)
+        acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
         w_at += BLOCK_K
         x_at += BLOCK_K
+    y = tl.sum(acc, axis=1)
     if HAS_BIAS:
-        bias = tl.load(bias_ptr + n, mask=n_mask, other=0.0).to(tl.float32)
-    else:
-        bias = tl.full([BLOCK_N], 0.0, tl.float32)
-    _store_row(out_ptr, 0, stride_out, n, num_out, num_rows, tl.sum(acc0, axis=1) + bias)
-    if ROWS > 1:
-        _store_row(out_ptr, 1, stride_out, n, num_out, num_rows, tl.sum(acc1, axis=1) + bias)
-    if ROWS > 2:
-        _store_row(out_ptr, 2, stride_out, n, num_out, num_rows, tl.sum(acc2, axis=1) + bias)
-        _store_row(out_ptr, 3, stride_out, n, num_out, num_rows, tl.sum(acc3, axis=1) + bias)
-
-
-@triton.jit
-def _x_row(x_at, row, stride_x, k_mask, num_rows):
-    """Row `row` of the current x tile as float32 [1, BLOCK_K]; rows past the last one read the
-    last one again (valid memory; their results are never stored)."""
-    x = tl.load(x_at + tl.minimum(row, num_rows - 1) * stride_x, mask=k_mask, other=0.0)
-    return x.to(tl.float32)[None, :]
-
-
-@triton.jit
-def _store_row(out_ptr, row, stride_out, n, num_out, num_rows, y):
-    """Row `row` of the output; nothing for rows past the last one (the row test is a bound on n:
-    the interpreter cannot combine a scalar mask with a tensor mask)."""
-    end = tl.where(row < num_rows, num_out, 0)
-    tl.store(out_ptr + row * stride_out + n, y.to(out_ptr.dtype.element_ty), mask=n < end)
+        y += tl.load(bias_ptr + n, mask=n_mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + n, y.to(out_ptr.dtype.element_ty), mask=n_mask)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            config: GemvConfig | None = None) -> torch.Tensor:
-    """x [T, K] @ weight[N, K]^T (+ bias) for T <= GEMV_MAX_ROWS, float32 accumulation."""
+    """x [1, K] @ weight[N, K]^T (+ bias) -> [1, N], float32 accumulation."""
     _check_rows("linear x", x)
     _check_rows("linear weight", weight)
     num_rows, num_in = x.shape
     num_out = weight.shape[0]
-    if weight.shape[1] != num_in or weight.dtype != x.dtype or not 0 < num_rows <= GEMV_MAX_ROWS:
+    if weight.shape[1] != num_in or weight.dtype != x.dtype or num_rows != 1:
         raise InfireError(f"linear: x {x.dtype} {tuple(x.shape)} and weight {weight.dtype} {tuple(weight.shape)} "
-                          f"do not fit (same dtype, same K, 1..{GEMV_MAX_ROWS} rows)")
+                          f"do not fit (same dtype, same K, one row of x)")
     if bias is not None and (bias.shape != (num_out,) or bias.dtype != x.dtype or not bias.is_contiguous()):
         raise InfireError(f"linear: bias {bias.dtype} {tuple(bias.shape)} does not match {num_out} outputs")
     _check_device("linear", x, weight)
     cfg = config or GEMV_CONFIG
-    rows = triton.next_power_of_2(num_rows)
-    block_k = max(16, min(cfg.block_k // rows, triton.next_power_of_2(num_in)))  # registers: one tile a row
-    out = torch.empty(num_rows, num_out, dtype=x.dtype, device=x.device)
+    block_k = max(16, min(cfg.block_k, triton.next_power_of_2(num_in)))
+    out = torch.empty(1, num_out, dtype=x.dtype, device=x.device)
     gemv_kernel[(triton.cdiv(num_out, cfg.block_n),)](
-        out, x, weight, bias if bias is not None else weight, num_rows, num_out, num_in,
-        out.stride(0), x.stride(0), weight.stride(0), HAS_BIAS=bias is not None, ROWS=rows,
-        BLOCK_N=cfg.block_n, BLOCK_K=block_k, EVEN_K=num_in % block_k == 0, num_warps=cfg.num_warps,
+        out, x, weight, bias if bias is not None else weight, num_out, num_in, weight.stride(0),
+        HAS_BIAS=bias is not None, BLOCK_N=cfg.block_n, BLOCK_K=block_k, EVEN_K=num_in % block_k == 0,
+        num_warps=cfg.num_warps,
     )
     return out
 
 
 def use_gemv(x: torch.Tensor) -> bool:
-    """Whether `linear` takes these rows (few of them, on the GPU or under the interpreter)."""
+    """Whether `linear` takes these rows (batch 1, on the GPU or under the interpreter): with more
+    rows cuBLAS was as fast or faster (BENCHMARKS.md)."""
     return x.dim() == 2 and 0 < x.shape[0] <= GEMV_MAX_ROWS and (x.is_cuda or _interpreted())
 
 
@@ -422,9 +392,9 @@ def _check_linear(config, device, dtype, tp_size, gen) -> None:
     hidden = config.hidden_size
     weight = _random((2 * config.intermediate_size // tp_size, hidden), dtype, device, gen) / hidden ** 0.5
     bias = _random(weight.shape[0], dtype, device, gen)
-    for num_rows in range(1, GEMV_MAX_ROWS + 1):
-        x = _random((num_rows, hidden), dtype, device, gen)
-        assert_close_dot(linear(x, weight, bias), F.linear(x, weight, bias))
+    x = _random((1, hidden), dtype, device, gen)
+    assert_close_dot(linear(x, weight, bias), F.linear(x, weight, bias))
+    assert_close_dot(linear(x, weight), F.linear(x, weight))
 
 
 def assert_close_dot(got: torch.Tensor, expected: torch.Tensor) -> None:

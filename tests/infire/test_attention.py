@@ -1,7 +1,7 @@
 """Paged attention: the torch path against dense causal attention, and the Triton
 kernels (under TRITON_INTERPRET=1, in a subprocess so the flag is set before Triton
 is imported) against the torch path: attention, and the fused RMSNorm, rotary + KV
-store, SiLU-and-mul and the decode-step linear kernel of ops_backend="triton"."""
+store, SiLU-and-mul and the batch-1 linear kernel of ops_backend="triton"."""
 
 from __future__ import annotations
 
@@ -174,16 +174,16 @@ OPS_SCRIPT = textwrap.dedent("""
         gate, up = gate_up.chunk(2, dim=-1)
         torch.testing.assert_close(silu_and_mul(gate_up), F.silu(gate) * up)
 
-        # the decode-step linear kernel: 1..4 rows, K a multiple of the tile or not, with and without bias,
-        # a strided x (a view), and a tile smaller than K so that the loop runs several times
-        for rows, features, k, tile in ((1, 37, 96, GemvConfig(block_k=32)), (3, 64, 200, GemvConfig()),
-                                        (4, 5, 64, GemvConfig(block_n=8, block_k=16, num_warps=2))):
-            x = torch.randn(rows, 2 * k, generator=gen).to(dtype)[:, :k]
+        # the batch-1 linear kernel: K a multiple of the tile or not, with and without bias, a strided
+        # x (a view), and tiles smaller than K so that the loop runs several times
+        for features, k, tile in ((37, 96, GemvConfig(block_k=32)), (64, 200, GemvConfig()),
+                                  (5, 64, GemvConfig(block_n=8, block_k=16, num_warps=2))):
+            x = torch.randn(1, 2 * k, generator=gen).to(dtype)[:, :k]
             w = (torch.randn(features, k, generator=gen) / k ** 0.5).to(dtype)
             b = torch.randn(features, generator=gen).to(dtype)
             for bias in (None, b):
                 assert_close_dot(linear(x, w, bias, tile), F.linear(x, w, bias))
-        for bad in (torch.randn(5, 96).to(dtype), torch.randn(2, 95).to(dtype)):  # too many rows; K mismatch
+        for bad in (torch.randn(2, 96).to(dtype), torch.randn(1, 95).to(dtype)):  # two rows; K mismatch
             try:
                 linear(bad, torch.randn(7, 96).to(dtype))
             except InfireError as e:
@@ -215,7 +215,8 @@ ENGINE_SCRIPT = textwrap.dedent("""
             runner = engine.runner
             inputs = DecodeInputs(4, 16, 4, runner.pad_block, runner.device)
             runner.graphs = DecodeGraphs(runner.model, inputs, (4,), engine.model_config.vocab_size, "triton")
-        tokens[attention, ops, padded] = engine.generate(prompts, params)
+        # a lone prompt too: its decode steps have one row, which ops "triton" runs through the batch-1 linear kernel
+        tokens[attention, ops, padded] = (engine.generate(prompts, params), engine.generate(prompts[1:2], params))
     assert len(set(map(str, tokens.values()))) == 1, tokens
     print("ok")
 """)
