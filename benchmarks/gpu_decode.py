@@ -225,7 +225,9 @@ def variant_name(cfg) -> str:
     prefix = "ballot" if cfg.prefix == 1 else "scan"
     table = {0: "global", 1: "shuffle", 2: "prefix"}[cfg.table]
     chains = f"/c{cfg.chains}" if cfg.chains > 1 else ""
-    return f"{prefix}/{table}/r{cfg.rows}w{cfg.num_warps}/u{cfg.unroll}{chains}/{'pf' if cfg.prefetch else 'nopf'}"
+    window = "/win" if getattr(cfg, "window", False) else ""
+    return (f"{prefix}/{table}/r{cfg.rows}w{cfg.num_warps}/u{cfg.unroll}{chains}{window}/"
+            f"{'pf' if cfg.prefetch else 'nopf'}")
 
 
 def poisoned(count: int, dtype: torch.dtype, device) -> torch.Tensor:
@@ -303,8 +305,10 @@ def sweep_configs(kd, quick: bool) -> list:
     for rows in (4, 2, 8, 1, 16):
         for table in (glob, prefix):
             configs.append(c(rows, rows, ballot, table, True, 4))
+    configs += [c(rows, rows, ballot, glob, True, 4, window=True) for rows in (4, 16, 1, 8)]
     configs += [c(4, 4, ballot, shuf, True, 4), c(4, 4, ballot, glob, True, 2), c(4, 4, ballot, glob, False, 4),
-                c(4, 4, ballot, glob, True, 4, chains=2), c(4, 4, scan, glob, True, 4)]
+                c(4, 4, ballot, glob, True, 4, chains=2), c(4, 4, scan, glob, True, 4),
+                c(4, 4, scan, glob, True, 4, window=True)]
     unique = list(dict.fromkeys(configs))
     return unique[:4] if quick else unique
 

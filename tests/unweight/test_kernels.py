@@ -148,8 +148,11 @@ def test_decode_into_row_ranges_through_packed_tensor(rows):
     dict(rows=1, num_warps=1, table=decode.TABLE_PREFIX, unroll=2),
     dict(rows=1, num_warps=1, table=decode.TABLE_PREFIX, unroll=4, chains=2),
     dict(rows=4, num_warps=4, unroll=2, chains=2),
+    dict(rows=4, num_warps=4, unroll=4, window=True),
+    dict(rows=1, num_warps=1, unroll=1, window=True),
+    dict(rows=2, num_warps=2, unroll=2, chains=2, window=True),
 ], ids=["rows1-unroll1", "rows8-unroll4", "shuffle-unroll2", "shuffle-unroll4", "global-unroll4", "prefix-unroll2",
-        "two-chains", "two-chains-rows4"])
+        "two-chains", "two-chains-rows4", "window-rows4", "window-unroll1", "window-two-chains"])
 def test_kernel_variants_agree(config):
     # the interpreter runs a configuration as given only without inline PTX (scan prefix, no prefetch)
     config = decode.DecodeConfig(prefix=decode.PREFIX_SCAN, prefetch=False, **config)

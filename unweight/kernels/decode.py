@@ -76,6 +76,7 @@ class DecodeConfig:
     prefetch: bool = True    # PTX prefetch of raw bytes and lane words ahead of use (CUDA only)
     unroll: int = 4          # steps per loop iteration (the prefetch is issued once an iteration)
     chains: int = 1          # independent [rows, 32] tiles a program steps through together (1 or 2)
+    window: bool = False     # refill words from a 32-word window loaded a step ahead, picked by warp shuffle
 
     def __post_init__(self):
         checks = {"rows": self.rows >= self.num_warps and self.rows & (self.rows - 1) == 0
@@ -139,6 +140,27 @@ def _word_slots(need, ROWS: tl.constexpr, PREFIX: tl.constexpr):
         before = tl.reshape(tl.associative_scan(rows, 1, _add) - rows, [ROWS * LANES])
         total = tl.reshape(tl.reduce(rows, 1, _add)[:, None] + rows * 0, [ROWS * LANES])
     return before, total
+
+
+@triton.jit
+def _window_word(window, before, ROWS: tl.constexpr, PREFIX: tl.constexpr):
+    """Word `before` of each row's window (lane k of a row holds the row's word wpos + k)."""
+    if PREFIX == _PREFIX_BALLOT:
+        # same layout requirement as the ballot: lane j of every row on hardware lane j
+        word = tl.inline_asm_elementwise(asm="shfl.sync.idx.b32 $0, $1, $2, 0x1f, 0xffffffff;",
+                                         constraints="=r,r,r", args=[window, before], dtype=tl.int32,
+                                         is_pure=True, pack=1)
+    else:
+        row_base = tl.arange(0, ROWS * LANES) // LANES * LANES
+        word = tl.gather(window, row_base + before, axis=0)
+    return word
+
+
+@triton.jit
+def _load_window(word_row, wpos, word_limit):
+    """The row's words [wpos, wpos + 32), one a lane (zeros past the row's stream), as int32."""
+    at = wpos + tl.arange(0, wpos.shape[0]) % LANES
+    return tl.load(word_row + at, mask=at < word_limit, other=0).to(tl.uint16, bitcast=True).to(tl.int32)
 
 
 @triton.jit
@@ -209,9 +231,9 @@ def _load(ptr, mask, MASKED: tl.constexpr):
 
 
 @triton.jit
-def _decode_step(buf, room, wpos, rel, raw_at, out_at, word_row, word_limit, active_end, span, plane_stride,
+def _decode_step(buf, room, wpos, window, rel, raw_at, out_at, word_row, word_limit, active_end, span, plane_stride,
                  table_ptr, small, ROWS: tl.constexpr, RAW_PLANES: tl.constexpr, PREFIX: tl.constexpr,
-                 TABLE: tl.constexpr, MASKED: tl.constexpr):
+                 TABLE: tl.constexpr, MASKED: tl.constexpr, WINDOW: tl.constexpr):
     """One step of every row: refill the lanes that run low, decode one symbol a lane, store it.
 
     State per lane: buf (uint32, MSB-aligned bits), room = 16 - buffered bits (the shift that
@@ -223,32 +245,41 @@ def _decode_step(buf, room, wpos, rel, raw_at, out_at, word_row, word_limit, act
         need = need & (rel < active_end)                   # lanes past the end of a partial block
     need = need.to(tl.int32)
     before, total = _word_slots(need, ROWS, PREFIX)
-    slot = wpos + before                                   # word index inside the row's stream
-    fetch = (need != 0) & (slot < word_limit)              # never read past the block's words
-    word = tl.load(word_row + slot, mask=fetch, other=0).to(tl.uint16, bitcast=True).to(tl.uint32)
+    if WINDOW:
+        # the words this step can take are [wpos, wpos + 32): loaded during the previous step,
+        # so the refill is a shuffle instead of a load on the step's dependent chain
+        word = tl.where(need != 0, _window_word(window, before, ROWS, PREFIX), 0).to(tl.uint32)
+        wpos += total
+        window = _load_window(word_row, wpos, word_limit)  # for the next step, in flight meanwhile
+    else:
+        slot = wpos + before                               # word index inside the row's stream
+        fetch = (need != 0) & (slot < word_limit)          # never read past the block's words
+        word = tl.load(word_row + slot, mask=fetch, other=0).to(tl.uint16, bitcast=True).to(tl.uint32)
+        wpos += total
     buf |= word << (room & 31).to(tl.uint32)               # word is 0 unless refilling (room 5..16)
     room -= need * WORD_BITS
     entry = _lookup(buf, table_ptr, small, ROWS, TABLE)
     length = entry >> 8
     buf <<= length.to(tl.uint32)
     room += length
-    wpos += total
     write = rel.to(tl.uint32, bitcast=True) < span        # 0 <= rel < span: inside [start, stop)
     value = _merge(entry, raw_at, plane_stride, write, RAW_PLANES, MASKED)
     if MASKED:
         tl.store(out_at, value, mask=write)
     else:
         tl.store(out_at, value)
-    return buf, room, wpos, rel + LANES, raw_at + LANES, out_at + LANES
+    return buf, room, wpos, window, rel + LANES, raw_at + LANES, out_at + LANES
 
 
 @triton.jit
 def _decode_loop(num_steps, rel, raw_at, out_at, word_row, word_limit, active_end, span, plane_stride, table_ptr,
                  small, raw_row, lo, last, ROWS: tl.constexpr, RAW_PLANES: tl.constexpr, PREFIX: tl.constexpr,
-                 TABLE: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr, MASKED: tl.constexpr):
+                 TABLE: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr, MASKED: tl.constexpr,
+                 WINDOW: tl.constexpr):
     buf = tl.full([ROWS * LANES], 0, tl.uint32)
     room = tl.full([ROWS * LANES], WORD_BITS, tl.int32)
     wpos = tl.full([ROWS * LANES], 0, tl.int32)            # words the row has taken (same in every lane)
+    window = _initial_window(word_row, wpos, word_limit, WINDOW)
     for _ in range(0, num_steps, UNROLL):
         if PREFETCH:
             # clamped to the block (raw) and the row's stream (words): never an address outside the tensors
@@ -257,9 +288,18 @@ def _decode_loop(num_steps, rel, raw_at, out_at, word_row, word_limit, active_en
                 _prefetch(raw_row + p * plane_stride + ahead)
             _prefetch(word_row + tl.maximum(tl.minimum(wpos + PREFETCH_WORDS, word_limit - 1), 0))
         for _u in tl.static_range(UNROLL):
-            buf, room, wpos, rel, raw_at, out_at = _decode_step(
-                buf, room, wpos, rel, raw_at, out_at, word_row, word_limit, active_end, span, plane_stride,
-                table_ptr, small, ROWS, RAW_PLANES, PREFIX, TABLE, MASKED)
+            buf, room, wpos, window, rel, raw_at, out_at = _decode_step(
+                buf, room, wpos, window, rel, raw_at, out_at, word_row, word_limit, active_end, span, plane_stride,
+                table_ptr, small, ROWS, RAW_PLANES, PREFIX, TABLE, MASKED, WINDOW)
+
+
+@triton.jit
+def _initial_window(word_row, wpos, word_limit, WINDOW: tl.constexpr):
+    if WINDOW:
+        window = _load_window(word_row, wpos, word_limit)
+    else:
+        window = wpos  # unused
+    return window
 
 
 @triton.jit
@@ -299,7 +339,8 @@ def _row_setup(words_ptr, index_ptr, raw_ptr, out_ptr, numel_total, start, stop,
 @triton.jit
 def _decode_rows(words_ptr, index_ptr, table_ptr, raw_ptr, out_ptr, numel_total, start, stop, first_block,
                  num_blocks, steps, tile, ROWS: tl.constexpr, RAW_PLANES: tl.constexpr, PREFIX: tl.constexpr,
-                 TABLE: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr, CHAINS: tl.constexpr):
+                 TABLE: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr, CHAINS: tl.constexpr,
+                 WINDOW: tl.constexpr):
     """Decode blocks first_block + tile * ROWS * CHAINS + [0, ROWS * CHAINS), writing elements [start, stop).
 
     With CHAINS == 2 a program runs two independent tiles of ROWS blocks step by step: twice the
@@ -316,10 +357,12 @@ def _decode_rows(words_ptr, index_ptr, table_ptr, raw_ptr, out_ptr, numel_total,
     if CHAINS == 1:
         if unmasked:
             _decode_loop(num_steps, rel, raw_at, out_at, word_row, word_limit, active_end, span, plane_stride,
-                         table_ptr, small, raw_row, lo, last, ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL, False)
+                         table_ptr, small, raw_row, lo, last, ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL, False,
+                         WINDOW)
         else:
             _decode_loop(num_steps, rel, raw_at, out_at, word_row, word_limit, active_end, span, plane_stride,
-                         table_ptr, small, raw_row, lo, last, ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL, True)
+                         table_ptr, small, raw_row, lo, last, ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL, True,
+                         WINDOW)
     else:
         (rel2, raw_at2, out_at2, word_row2, word_limit2, active_end2, span2, raw_row2, lo2, last2, unmasked2,
          num_steps2) = _row_setup(words_ptr, index_ptr, raw_ptr, out_ptr, numel_total, start, stop, first_block,
@@ -328,11 +371,13 @@ def _decode_rows(words_ptr, index_ptr, table_ptr, raw_ptr, out_ptr, numel_total,
         if unmasked & unmasked2:
             _decode_loop2(num_steps, rel, raw_at, out_at, word_row, word_limit, active_end, span, raw_row, lo, last,
                           rel2, raw_at2, out_at2, word_row2, word_limit2, active_end2, span2, raw_row2, lo2, last2,
-                          plane_stride, table_ptr, small, ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL, False)
+                          plane_stride, table_ptr, small, ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL, False,
+                          WINDOW)
         else:
             _decode_loop2(num_steps, rel, raw_at, out_at, word_row, word_limit, active_end, span, raw_row, lo, last,
                           rel2, raw_at2, out_at2, word_row2, word_limit2, active_end2, span2, raw_row2, lo2, last2,
-                          plane_stride, table_ptr, small, ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL, True)
+                          plane_stride, table_ptr, small, ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL, True,
+                          WINDOW)
 
 
 @triton.jit
@@ -340,14 +385,16 @@ def _decode_loop2(num_steps, rel, raw_at, out_at, word_row, word_limit, active_e
                   rel2, raw_at2, out_at2, word_row2, word_limit2, active_end2, span2, raw_row2, lo2, last2,
                   plane_stride, table_ptr, small, ROWS: tl.constexpr, RAW_PLANES: tl.constexpr,
                   PREFIX: tl.constexpr, TABLE: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr,
-                  MASKED: tl.constexpr):
+                  MASKED: tl.constexpr, WINDOW: tl.constexpr):
     """_decode_loop for two independent tiles, interleaved step by step."""
     buf = tl.full([ROWS * LANES], 0, tl.uint32)
     room = tl.full([ROWS * LANES], WORD_BITS, tl.int32)
     wpos = tl.full([ROWS * LANES], 0, tl.int32)
+    window = _initial_window(word_row, wpos, word_limit, WINDOW)
     buf2 = tl.full([ROWS * LANES], 0, tl.uint32)
     room2 = tl.full([ROWS * LANES], WORD_BITS, tl.int32)
     wpos2 = tl.full([ROWS * LANES], 0, tl.int32)
+    window2 = _initial_window(word_row2, wpos2, word_limit2, WINDOW)
     for _ in range(0, num_steps, UNROLL):
         if PREFETCH:
             ahead = tl.minimum(rel + lo + PREFETCH_STEPS * LANES, last)
@@ -358,23 +405,23 @@ def _decode_loop2(num_steps, rel, raw_at, out_at, word_row, word_limit, active_e
             _prefetch(word_row + tl.maximum(tl.minimum(wpos + PREFETCH_WORDS, word_limit - 1), 0))
             _prefetch(word_row2 + tl.maximum(tl.minimum(wpos2 + PREFETCH_WORDS, word_limit2 - 1), 0))
         for _u in tl.static_range(UNROLL):
-            buf, room, wpos, rel, raw_at, out_at = _decode_step(
-                buf, room, wpos, rel, raw_at, out_at, word_row, word_limit, active_end, span, plane_stride,
-                table_ptr, small, ROWS, RAW_PLANES, PREFIX, TABLE, MASKED)
-            buf2, room2, wpos2, rel2, raw_at2, out_at2 = _decode_step(
-                buf2, room2, wpos2, rel2, raw_at2, out_at2, word_row2, word_limit2, active_end2, span2,
-                plane_stride, table_ptr, small, ROWS, RAW_PLANES, PREFIX, TABLE, MASKED)
+            buf, room, wpos, window, rel, raw_at, out_at = _decode_step(
+                buf, room, wpos, window, rel, raw_at, out_at, word_row, word_limit, active_end, span, plane_stride,
+                table_ptr, small, ROWS, RAW_PLANES, PREFIX, TABLE, MASKED, WINDOW)
+            buf2, room2, wpos2, window2, rel2, raw_at2, out_at2 = _decode_step(
+                buf2, room2, wpos2, window2, rel2, raw_at2, out_at2, word_row2, word_limit2, active_end2, span2,
+                plane_stride, table_ptr, small, ROWS, RAW_PLANES, PREFIX, TABLE, MASKED, WINDOW)
 
 
 @triton.jit
 def _decode_lanes_kernel(words_ptr, index_ptr, table_ptr, raw_ptr, out_ptr, numel_total, start, stop,
                          first_block, num_blocks, steps, ROWS: tl.constexpr, RAW_PLANES: tl.constexpr,
                          PREFIX: tl.constexpr, TABLE: tl.constexpr, PREFETCH: tl.constexpr,
-                         UNROLL: tl.constexpr, CHAINS: tl.constexpr):
+                         UNROLL: tl.constexpr, CHAINS: tl.constexpr, WINDOW: tl.constexpr):
     # words_ptr int16 [W] lane words; index_ptr int64 [blocks + 1] word offset of each block;
     # table_ptr int16 [4096 + 64] (full table, then its 6-bit first level); raw_ptr uint8 [RAW_PLANES, numel_total]; out_ptr int16/int32 [stop - start]
     _decode_rows(words_ptr, index_ptr, table_ptr, raw_ptr, out_ptr, numel_total, start, stop, first_block,
-                 num_blocks, steps, tl.program_id(0), ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL, CHAINS)
+                 num_blocks, steps, tl.program_id(0), ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL, CHAINS, WINDOW)
 
 
 # One row of the int64 descriptor table of a batched launch (see DecodePlan).
@@ -389,7 +436,8 @@ F_STEPS, F_FIRST_TILE, FIELDS = tl.constexpr(_F_STEPS), tl.constexpr(_F_FIRST_TI
 
 @triton.jit
 def _decode_many_kernel(desc_ptr, num_items, ROWS: tl.constexpr, RAW_PLANES: tl.constexpr, PREFIX: tl.constexpr,
-                        TABLE: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr, CHAINS: tl.constexpr):
+                        TABLE: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr, CHAINS: tl.constexpr,
+                        WINDOW: tl.constexpr):
     # desc_ptr int64 [num_items, FIELDS]: one packed tensor (or row range of one) per row; programs
     # [first_tile, next item's first_tile) decode that item, ROWS blocks each
     pid = tl.program_id(0)
@@ -407,7 +455,7 @@ def _decode_many_kernel(desc_ptr, num_items, ROWS: tl.constexpr, RAW_PLANES: tl.
                  tl.load(d + F_STOP), tl.load(d + F_FIRST_BLOCK).to(tl.int32),
                  tl.load(d + F_NUM_BLOCKS).to(tl.int32), tl.load(d + F_STEPS).to(tl.int32),
                  pid - tl.load(d + F_FIRST_TILE).to(tl.int32), ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL,
-                 CHAINS)
+                 CHAINS, WINDOW)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -534,7 +582,7 @@ def _descriptor_table(items: list[DecodeItem], rows: int) -> tuple[torch.Tensor,
 
 def _constexprs(config: DecodeConfig, raw_planes: int) -> dict:
     return dict(ROWS=config.rows, CHAINS=config.chains, RAW_PLANES=raw_planes, PREFIX=config.prefix, TABLE=config.table,
-                PREFETCH=config.prefetch, UNROLL=config.unroll, num_warps=config.num_warps)
+                PREFETCH=config.prefetch, UNROLL=config.unroll, WINDOW=config.window, num_warps=config.num_warps)
 
 
 def _launch_checked(launch, config: DecodeConfig, raw_planes: int, batched: bool) -> None:
@@ -624,7 +672,8 @@ def _ballot_layout_ok(compiled) -> bool:
 def ballot_layout_is_lane_major(ttgir: str) -> bool:
     """True when every inline-asm ballot operand has layout sizePerThread=[1], threadsPerWarp=[32]."""
     aliases = dict(re.findall(r"^(#\w+) = #(?:ttg|triton_gpu)\.blocked<\{([^}]*)\}>", ttgir, flags=re.M))
-    ballots = [line for line in ttgir.splitlines() if "elementwise_inline_asm" in line and "vote.sync" in line]
+    ballots = [line for line in ttgir.splitlines()
+               if "elementwise_inline_asm" in line and ("vote.sync" in line or "shfl.sync" in line)]
     if not ballots:
         return False
     for line in ballots:
