@@ -12,7 +12,9 @@ Per lane and step (see unweight/codec/lanes.py for the encoder's side):
     buf      uint32, MSB-aligned bits; room = 16 - (bits buffered), the shift that puts the
              next word right behind them
     refill   if room > 4 (fewer than 12 bits): buf |= word << room; room -= 16, where the
-             word is stream[base + number of refilling lanes before this one]
+             word is stream[base + number of refilling lanes before this one]; with the window
+             option the row's words [base, base + 32) are loaded one step ahead, one a lane, and
+             a lane takes its word by warp shuffle, which keeps a load off the step's chain
     decode   entry = table[buf >> 20] (int16: symbol | length << 8); buf <<= length; room += length
     merge    bf16/fp16: raw = s << 7 | bits 0..6          value = (raw & 0x80) << 8 | sym << 7 | raw & 0x7F
              fp32: p0 = bits 0..7, p1 = bits 8..15, p2 = s << 7 | bits 16..22
@@ -69,14 +71,15 @@ PREFIX_SHIFT = tl.constexpr(32 - PREFIX_BITS)              # buf >> PREFIX_SHIFT
 class DecodeConfig:
     """Tunables of the decode kernel; benchmarks/gpu_decode.py sweeps them on the target GPU."""
 
-    rows: int = 4            # blocks a program decodes at once (1-warp programs: at most 32 resident per SM)
-    num_warps: int = 4       # warps a program; rows / num_warps blocks per thread (1 with the ballot prefix)
+    # defaults: the fastest variant on an H100 at steps 512 and 1024 (BENCHMARKS.md, "GPU decode")
+    rows: int = 16           # blocks a program decodes at once (1-warp programs: at most 32 resident per SM)
+    num_warps: int = 16      # warps a program; rows / num_warps blocks per thread (1 with the ballot prefix)
     prefix: int = PREFIX_BALLOT
-    table: int = TABLE_GLOBAL  # measured on an H200: the 8 KiB table stays in L1; the first level saved nothing
+    table: int = TABLE_GLOBAL  # the 8 KiB table stays in L1; smaller first levels were slower (H100, H200)
     prefetch: bool = True    # PTX prefetch of raw bytes and lane words ahead of use (CUDA only)
     unroll: int = 4          # steps per loop iteration (the prefetch is issued once an iteration)
     chains: int = 1          # independent [rows, 32] tiles a program steps through together (1 or 2)
-    window: bool = False     # refill words from a 32-word window loaded a step ahead, picked by warp shuffle
+    window: bool = True      # refill words from a 32-word window loaded a step ahead, picked by warp shuffle
 
     def __post_init__(self):
         checks = {"rows": self.rows >= self.num_warps and self.rows & (self.rows - 1) == 0
