@@ -1,4 +1,10 @@
-"""`compress`: a safetensors checkpoint -> a packed directory, verified, written atomically."""
+"""`compress`: a safetensors checkpoint -> a packed directory, verified, written atomically.
+
+Tensors go through two passes (see codec/tensor.py): planned (code and exact stream sizes) a
+shard at a time, then coded straight into the shard, whose layout is then known. Both passes
+keep several units of work in flight on the encoder's threads while reading, writing and hashing
+go on beside them; the constants below bound the memory this takes.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +12,32 @@ import hashlib
 import logging
 import shutil
 import struct
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from . import __version__
 from .codec import floats
-from .codec.tensor import EncodedTensor, choose_steps, encode_float, encode_other
+from .codec.tensor import TASK_BYTES, Pending, TensorEncoder, TensorJob, TensorPlan, TensorSource, choose_steps
 from .errors import DestinationError
 from .format.output_dir import atomic_directory
 from .format.manifest import MANIFEST_NAME, SHARD_ROLES, Manifest, SourceFile, TensorRecord
-from .format.safetensors_file import SafetensorsHeader, TensorEntry, read_header, read_range, write_spooled
+from .format.safetensors_file import (SafetensorsHeader, TensorEntry, U8TensorWriter, read_entries, read_header,
+                                      read_range)
 from .sources import SourceCheckpoint, resolve_source
 
 log = logging.getLogger(__name__)
 DEFAULT_SHARD_BYTES = 2 * 1024**3
+IN_FLIGHT_BYTES = 128 * 1024**2  # source bytes of the units planned or coded at once (a larger one goes alone)
+MAX_IN_FLIGHT = 64               # units planned or coded at once
+KEEP_BYTES = 256 * 1024**2       # source bytes read while planning a shard and kept for coding it
+READ_BATCH_BYTES = 32 * 1024**2  # small tensors are read in runs of up to this many bytes
+T = TypeVar("T")
 
 
 @dataclass
@@ -95,28 +110,45 @@ def _check_destination(source: SourceCheckpoint, dst: Path, force: bool) -> None
 
 
 
+@dataclass
+class _Tensor:
+    header: SafetensorsHeader
+    entry: TensorEntry
+    plan: TensorPlan | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.header.path.name}: tensor {self.entry.name!r}"
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return read_range(self.header, self.entry, start, stop)
+
+
 def _write_packed(source: SourceCheckpoint, out: Path, report: CompressReport, verify: bool,
                   shard_bytes: int, steps: int | None, progress: Progress) -> Manifest:
+    """Plan the tensors of a shard (codes and exact stream sizes), then code them straight into it."""
     manifest = Manifest(created_by=f"unweight {__version__}")
-    shards = _ShardWriter(out, shard_bytes)
-    for rel in source.weight_files:
-        header = read_header(source.root / rel)
-        # the file's SHA-256 is fed from the tensor bytes as they stream by, in file order
-        file_digest = hashlib.sha256(struct.pack("<Q", len(header.header_bytes)) + header.header_bytes)
+    headers = [read_header(source.root / rel) for rel in source.weight_files]
+    # a file's SHA-256 is fed from its tensor bytes as they stream by, in file order
+    digests = {h.path: hashlib.sha256(struct.pack("<Q", len(h.header_bytes)) + h.header_bytes) for h in headers}
 
+    def consumer(header: SafetensorsHeader) -> Callable[[np.ndarray], None]:
         def consume(data: np.ndarray) -> None:
-            file_digest.update(data)
+            digests[header.path].update(data)
             progress(data.size)
+        return consume
 
+    with TensorEncoder() as encoder:
+        for group in _shard_groups(_planned(encoder, headers, steps), shard_bytes):
+            name = f"packed-{len(manifest.shards) + 1:05d}.safetensors"
+            for tensor, sha256, spans in _write_shard(encoder, out / name, group, verify, consumer):
+                manifest.tensors[tensor.entry.name] = _record(tensor.entry, tensor.plan, sha256, name, spans)
+                report.tensors.append(_stats(tensor.entry, tensor.plan))
+            manifest.shards.append(name)
+    for rel, header in zip(source.weight_files, headers):
         report.original_bytes += header.file_size
-        for entry in header.entries.values():
-            encoded = _encode_entry(header, entry, steps, verify, consume)
-            shard, spans = shards.add(encoded.parts)
-            manifest.tensors[entry.name] = _record(entry, encoded, shard, spans)
-            report.tensors.append(_stats(entry, encoded))
-        manifest.files.append(SourceFile(rel, header.file_size, file_digest.hexdigest(),
+        manifest.files.append(SourceFile(rel, header.file_size, digests[header.path].hexdigest(),
                                          SourceFile.pack_header(header.header_bytes), list(header.entries)))
-    manifest.shards = shards.close()
     for rel in source.other_files:
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source.root / rel, out / rel)
@@ -124,22 +156,151 @@ def _write_packed(source: SourceCheckpoint, out: Path, report: CompressReport, v
     return manifest
 
 
-def _encode_entry(header: SafetensorsHeader, entry: TensorEntry, steps: int | None, verify: bool,
-                  consume: Callable[[np.ndarray], None]) -> EncodedTensor:
-    where = f"{header.path.name}: tensor {entry.name!r}"
-    if entry.dtype in floats.LAYOUTS and entry.numel > 0:
-        return encode_float(entry.dtype, entry.numel, lambda a, b: read_range(header, entry, a, b),
-                            steps=steps or choose_steps(entry.numel), where=where, verify=verify, consume=consume)
-    data = read_range(header, entry)
-    consume(data)
-    return encode_other(data)
+def _planned(encoder: TensorEncoder, headers: list[SafetensorsHeader], steps: int | None) -> Iterator[_Tensor]:
+    """Every tensor with its plan, in file order, planning several units at once (IN_FLIGHT_BYTES of
+    source, plus the rest of a run of small tensors read together)."""
+    pending: deque[tuple[list[_Tensor], Future]] = deque()
+    for header in headers:
+        for unit in _units(_readers(header)):
+            tensors = [t for t, _ in unit]
+            while pending and not _may_add([u for u, _ in pending], tensors):
+                yield from _with_plans(*pending.popleft())
+            pending.append((tensors, encoder.plan([_source(t.entry, read, steps) for t, read in unit])))
+    while pending:
+        yield from _with_plans(*pending.popleft())
 
 
-def _record(entry: TensorEntry, encoded: EncodedTensor, shard: str, spans: dict[str, list[int]]) -> TensorRecord:
+def _with_plans(unit: list[_Tensor], plans: Future) -> list[_Tensor]:
+    for tensor, plan in zip(unit, plans.result()):
+        tensor.plan = plan
+    return unit
+
+
+def _source(entry: TensorEntry, read: Callable[[int, int], np.ndarray], steps: int | None) -> TensorSource:
+    return TensorSource(entry.dtype, entry.numel, entry.nbytes, read, steps or choose_steps(entry.numel))
+
+
+def _units(tensors: Iterator[tuple[_Tensor, T]]) -> Iterator[list[tuple[_Tensor, T]]]:
+    """Tensors (each with something) in units of work (see TensorEncoder): a tensor of more than
+    TASK_BYTES alone, smaller ones of one file in runs of up to TASK_BYTES."""
+    unit: list[tuple[_Tensor, T]] = []
+    size = 0
+    for tensor, other in tensors:
+        nbytes = tensor.entry.nbytes
+        if unit and (nbytes > TASK_BYTES or size + nbytes > TASK_BYTES or tensor.header is not unit[0][0].header):
+            yield unit
+            unit, size = [], 0
+        unit.append((tensor, other))
+        size += nbytes
+    if unit:
+        yield unit
+
+
+def _readers(header: SafetensorsHeader) -> Iterator[tuple[_Tensor, Callable[[int, int], np.ndarray]]]:
+    """Each tensor of a file with a function that reads its bytes. Runs of small tensors are read at
+    once, up to READ_BATCH_BYTES (reading each alone costs a page fault per 4 KiB), by a thread of
+    their own one run ahead, so that planning does not wait for the reads; a larger tensor is read
+    when it is planned (by chunks if it is too large to hold)."""
+    with ThreadPoolExecutor(1, thread_name_prefix="unweight-read") as reader:
+        ahead: deque[tuple[list[TensorEntry], Future]] = deque()
+
+        def ready(keep: int) -> Iterator[tuple[_Tensor, Callable[[int, int], np.ndarray]]]:
+            while len(ahead) > keep:
+                entries, data = ahead.popleft()
+                for e, d in zip(entries, data.result()):
+                    yield _Tensor(header, e), lambda a, b, d=d: d[a:b]
+
+        for batch in _batches(header):
+            if batch[0].nbytes > READ_BATCH_BYTES:
+                yield from ready(0)
+                tensor = _Tensor(header, batch[0])
+                yield tensor, tensor.read
+            else:
+                ahead.append((batch, reader.submit(read_entries, header, batch)))
+                yield from ready(1)
+        yield from ready(0)
+
+
+def _batches(header: SafetensorsHeader) -> Iterator[list[TensorEntry]]:
+    """The tensors of a file in runs of up to READ_BATCH_BYTES (a larger tensor alone)."""
+    batch: list[TensorEntry] = []
+    for entry in header.entries.values():
+        if batch and entry.end - batch[0].begin > READ_BATCH_BYTES:
+            yield batch
+            batch = []
+        batch.append(entry)
+    if batch:
+        yield batch
+
+
+def _may_add(in_flight: list[list[_Tensor]], unit: list[_Tensor]) -> bool:
+    """Whether one more unit may be in flight: their source bytes stay within IN_FLIGHT_BYTES."""
+    def nbytes(tensors: list[_Tensor]) -> int:
+        return sum(t.entry.nbytes for t in tensors)
+    return len(in_flight) < MAX_IN_FLIGHT and sum(map(nbytes, in_flight)) + nbytes(unit) <= IN_FLIGHT_BYTES
+
+
+def _shard_groups(planned: Iterator[_Tensor], shard_bytes: int) -> Iterator[list[_Tensor]]:
+    """Tensors in shards: a shard is closed when the next tensor would overflow it (and it is not
+    empty). The source bytes read while planning are kept for coding up to KEEP_BYTES a shard."""
+    group: list[_Tensor] = []
+    size = kept = 0
+    any_shard = False
+    for tensor in planned:
+        plan = tensor.plan
+        if size and size + plan.packed_bytes > shard_bytes:
+            yield group
+            group, size, kept, any_shard = [], 0, 0, True
+        if kept + plan.kept_bytes > KEEP_BYTES:
+            plan.data = None  # read again when coded
+        kept += plan.kept_bytes
+        group.append(tensor)
+        size += plan.packed_bytes
+    if size or not any_shard:
+        yield group
+
+
+def _write_shard(encoder: TensorEncoder, path: Path, group: list[_Tensor], verify: bool,
+                 consumer: Callable[[SafetensorsHeader], Callable[[np.ndarray], None]],
+                 ) -> list[tuple[_Tensor, str, dict[str, list[int]]]]:
+    """Code the tensors of one shard straight into it; returns each with its SHA-256 and stream spans."""
+    sizes = dict.fromkeys(SHARD_ROLES, 0)
+    spans = []
+    for tensor in group:
+        spans.append({role: [sizes[role], sizes[role] + n] for role, n in tensor.plan.sizes.items()})
+        for role, n in tensor.plan.sizes.items():
+            sizes[role] += n
+    writer = U8TensorWriter(path, list(sizes.items()))
+    try:
+        # units coded several at a time (IN_FLIGHT_BYTES of source), in file order
+        pending: deque[tuple[list[_Tensor], Pending]] = deque()
+        digests: list[Pending] = []
+        jobs = [(t, TensorJob(t.plan, t.read, _shard_writer(writer, s), t.where)) for t, s in zip(group, spans)]
+        for unit in _units(iter(jobs)):
+            tensors = [t for t, _ in unit]
+            while pending and not _may_add([u for u, _ in pending], tensors):
+                pending.popleft()[1].result()
+            coded = encoder.code([job for _, job in unit], verify, consumer(tensors[0].header))
+            pending.append((tensors, coded))
+            digests.append(coded)
+        sha256s = [sha for coded in digests for sha in coded.result()]
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+    return list(zip(group, sha256s, spans))
+
+
+def _shard_writer(writer: U8TensorWriter, spans: dict[str, list[int]]) -> Callable[[str, int, np.ndarray], None]:
+    """A tensor's `write`: an offset in one of its streams -> the offset in the shard's tensor of that role."""
+    return lambda role, offset, data: writer.write(role, spans[role][0] + offset, data)
+
+
+def _record(entry: TensorEntry, plan: TensorPlan, sha256: str, shard: str, spans: dict[str, list[int]]) -> TensorRecord:
     return TensorRecord(
-        name=entry.name, dtype=entry.dtype, shape=list(entry.shape), sha256=encoded.sha256,
-        encoding=encoded.encoding, shard=shard, spans=spans, steps=encoded.steps,
-        entropy_bits=round(encoded.entropy_bits, 6), **_trimmed_lengths(encoded.code_lengths))
+        name=entry.name, dtype=entry.dtype, shape=list(entry.shape), sha256=sha256,
+        encoding=plan.encoding, shard=shard, spans=spans, steps=plan.steps,
+        entropy_bits=round(plan.entropy_bits, 6), **_trimmed_lengths(plan.code_lengths))
 
 
 def _trimmed_lengths(lengths: np.ndarray | None) -> dict:
@@ -150,60 +311,11 @@ def _trimmed_lengths(lengths: np.ndarray | None) -> dict:
     return {"code_lengths": lengths[used[0] : used[-1] + 1].tobytes().hex(), "first_symbol": int(used[0])}
 
 
-def _stats(entry: TensorEntry, encoded: EncodedTensor) -> TensorStats:
-    if encoded.encoding == "lanes":
+def _stats(entry: TensorEntry, plan: TensorPlan) -> TensorStats:
+    if plan.encoding == "lanes":
         layout = floats.LAYOUTS[entry.dtype]
-        bound = entry.numel * (encoded.entropy_bits + 8 * layout.raw_planes) / 8
+        bound = entry.numel * (plan.entropy_bits + 8 * layout.raw_planes) / 8
     else:
-        bound = encoded.packed_bytes
-    return TensorStats(entry.name, entry.dtype, entry.shape, entry.nbytes, encoded.packed_bytes,
-                       encoded.entropy_bits, bound)
-
-
-class _ShardWriter:
-    """Streams each tensor's streams to disk as it comes: one spool file per role, joined into a
-    shard (one U8 tensor per role) when the next tensor would overflow it. Nothing of a shard is
-    held in memory, so peak memory follows the largest tensor, not the shard size."""
-
-    def __init__(self, out: Path, shard_bytes: int):
-        self.out, self.shard_bytes = out, shard_bytes
-        self.spools = {role: open(out / f".spool-{role}", "w+b") for role in SHARD_ROLES}
-        self.sizes = dict.fromkeys(SHARD_ROLES, 0)
-        self.names: list[str] = []
-
-    def add(self, parts: dict[str, list[np.ndarray]]) -> tuple[str, dict[str, list[int]]]:
-        """Write a tensor's streams (as pieces); returns its shard name and its spans in that shard."""
-        size = sum(a.size for pieces in parts.values() for a in pieces)
-        if any(self.sizes.values()) and sum(self.sizes.values()) + size > self.shard_bytes:
-            self._flush()
-        spans = {}
-        for role, pieces in parts.items():
-            length = sum(a.size for a in pieces)
-            spans[role] = [self.sizes[role], self.sizes[role] + length]
-            for a in pieces:
-                self.spools[role].write(memoryview(np.ascontiguousarray(a)))
-            self.sizes[role] += length
-        return self._name(len(self.names)), spans
-
-    def close(self) -> list[str]:
-        if any(self.sizes.values()) or not self.names:
-            self._flush()
-        for role, spool in self.spools.items():
-            spool.close()
-            (self.out / f".spool-{role}").unlink()
-        return self.names
-
-    def _name(self, i: int) -> str:
-        return f"packed-{i + 1:05d}.safetensors"
-
-    def _flush(self) -> None:
-        name = self._name(len(self.names))
-        for spool in self.spools.values():
-            spool.flush()
-            spool.seek(0)
-        write_spooled(self.out / name, [(role, self.spools[role], self.sizes[role]) for role in SHARD_ROLES])
-        for spool in self.spools.values():
-            spool.seek(0)
-            spool.truncate()
-        self.names.append(name)
-        self.sizes = dict.fromkeys(SHARD_ROLES, 0)
+        bound = plan.packed_bytes
+    return TensorStats(entry.name, entry.dtype, entry.shape, entry.nbytes, plan.packed_bytes, plan.entropy_bits,
+                       bound)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from unweight.codec import floats, huffman, lanes
-from unweight.errors import CorruptDataError
+from unweight.errors import CorruptDataError, VerificationError
 from unweight.packed import PackedTensor
 
 from .synthetic import bits, pack
@@ -123,12 +123,66 @@ def test_invalid_code_lengths_are_refused():
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
 @pytest.mark.parametrize("cached", [True, False], ids=["read-once", "read-per-chunk"])
 def test_tensors_larger_than_a_chunk(monkeypatch, dtype, cached):
-    """Huge tensors are encoded chunk by chunk (bounded memory); the streams must join seamlessly."""
+    """Large tensors are coded in tasks of a few blocks, huge ones read chunk by chunk (bounded
+    memory); the streams must join seamlessly."""
     from unweight.codec import tensor
 
-    monkeypatch.setattr(tensor, "CHUNK_BLOCKS", 2)  # 2 blocks of 32 x 8 weights a chunk
+    monkeypatch.setattr(tensor, "TASK_BYTES", 1024)  # a task of 1 or 2 blocks of 32 x 8 weights
+    monkeypatch.setattr(tensor, "CHUNK_BLOCKS", 3)
     if not cached:
         monkeypatch.setattr(tensor, "MAX_CACHED_BYTES", 0)
     t = (torch.randn(5000) * 0.02).to(dtype)
     roundtrip(t, steps=8)
     assert torch.equal(bits(pack(t, steps=8).decode(rows=(1234, 4321))), bits(t[1234:4321]))
+
+
+@pytest.mark.parametrize("steps", [1, 3, 8, 1024])
+def test_block_index_is_the_encoders(steps):
+    """The planned size of the word stream (counted from the code lengths alone) is exact."""
+    rng = np.random.default_rng(steps)
+    for n, skew in [(1, 0.5), (31, 0.5), (5000, 0.3), (70_001, 0.9), (40_000, 0.02)]:
+        sym = rng.geometric(skew, n).clip(0, 255).astype(np.uint8)
+        lengths = huffman.code_lengths(np.bincount(sym, minlength=256))
+        _, index = lanes.encode(sym, huffman.canonical_codes(lengths), lengths, steps)
+        assert np.array_equal(lanes.block_index(sym, lengths, steps), index), (n, skew)
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+def test_encoding_straight_from_the_bits(dtype):
+    """Encoding the float bits with the layout's shift gives the streams of the split symbols."""
+    layout = floats.LAYOUTS[{torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}[dtype]]
+    data = (torch.randn(12_345) * 0.02).to(dtype).view(torch.uint8).numpy()
+    sym, raw = floats.split(layout, data)
+    assert np.array_equal(floats.raw_planes(layout, data), raw)
+    hist = np.bincount(sym, minlength=256)
+    assert np.array_equal(floats.symbol_histogram(layout, data, parallel=False), hist)
+    lengths = huffman.code_lengths(hist)
+    codes = huffman.canonical_codes(lengths)
+    words, index = lanes.encode(sym, codes, lengths, steps=16)
+    values = data.view(np.uint16 if layout.width == 2 else np.uint32)
+    from_bits = lanes.encode(values, codes, lengths, steps=16, shift=layout.symbol_shift)
+    assert np.array_equal(from_bits[0], words) and np.array_equal(from_bits[1], index)
+    assert np.array_equal(lanes.block_index(values, lengths, 16, shift=layout.symbol_shift), index)
+
+
+def test_a_symbol_without_a_code_is_refused():
+    sym = np.array([1, 2, 3, 2, 1] * 20, dtype=np.uint8)
+    lengths = huffman.code_lengths(np.bincount(sym[sym != 3], minlength=256))
+    with pytest.raises(ValueError, match="no code"):
+        lanes.encode(sym, huffman.canonical_codes(lengths), lengths, steps=2)
+
+
+def test_check_finds_a_wrong_weight():
+    """decode_into(check=True) compares every weight, on the fast path (whole blocks) and the
+    general one (a partial last block)."""
+    t = (torch.randn(32 * 8 * 3 + 17) * 0.02).to(torch.bfloat16)
+    p = pack(t, steps=8)
+    expected = bits(t).numpy().view(np.uint16)
+    args = (p.streams["words"].numpy().view(np.uint16), p.streams["index"].numpy().view(np.int64),
+            huffman.decode_table(p.code_lengths), p.streams["raw"].numpy(), t.numel(), 8)
+    lanes.decode_into(*args, expected.copy(), check=True)
+    for at in (5, 32 * 8 + 100, t.numel() - 1):
+        wrong = expected.copy()
+        wrong[at] ^= 1
+        with pytest.raises(VerificationError, match=f"block {at // (32 * 8)} "):
+            lanes.decode_into(*args, wrong, check=True, parallel=at % 2 == 0)

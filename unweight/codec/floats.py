@@ -35,16 +35,28 @@ LAYOUTS = {
 }
 
 
-def _split16_body(bits, sym, raw):
+@numba.njit(cache=True, nogil=True, inline="always")
+def _split16_at(bits, sym, raw, i):
+    v = bits[i]
+    sym[i] = (v >> 7) & 0xFF
+    raw[i] = ((v >> 8) & 0x80) | (v & 0x7F)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _split16(bits, sym, raw):
     for i in numba.prange(bits.size):
-        v = bits[i]
-        sym[i] = (v >> 7) & 0xFF
-        raw[i] = ((v >> 8) & 0x80) | (v & 0x7F)
+        _split16_at(bits, sym, raw, i)
 
 
-# small tensors split on the calling thread: waking the thread pool costs more than it saves
-_split16 = numba.njit(cache=True, nogil=True, parallel=True)(_split16_body)
-_split16_serial = numba.njit(cache=True, nogil=True)(_split16_body)
+# small tensors split on the calling thread: waking the thread pool costs more than it saves. (A
+# loop of its own, not _split16 compiled again: numba's disk cache keys compiled code by function
+# name, so the two compilations would share one entry.)
+@numba.njit(cache=True, nogil=True)
+def _split16_serial(bits, sym, raw):
+    for i in range(bits.size):
+        _split16_at(bits, sym, raw, i)
+
+
 PARALLEL_MIN = 1 << 16  # weights
 
 
@@ -99,6 +111,38 @@ def merge(layout: FloatLayout, sym: np.ndarray, raw: np.ndarray, n_total: int, o
     return bits.view(np.uint8)
 
 
+@numba.njit(cache=True, nogil=True)
+def _raw_planes(bits, raw):
+    n = np.uint64(bits.size)
+    for k in range(bits.size):
+        i = np.uint64(k)  # unsigned indices: numba adds negative-index wraparound code to signed ones
+        v = bits[i]
+        if bits.itemsize == 2:
+            raw[i] = ((v >> 8) & 0x80) | (v & 0x7F)
+        else:
+            raw[i] = v & 0xFF
+            raw[n + i] = (v >> 8) & 0xFF
+            raw[np.uint64(2) * n + i] = ((v >> 24) & 0x80) | ((v >> 16) & 0x7F)
+
+
+def raw_planes(layout: FloatLayout, data: np.ndarray) -> np.ndarray:
+    """The half of `split` that the encoder needs (it reads the symbols from the bits itself):
+    raw uint8[planes * n], on the calling thread."""
+    bits = data.view(np.uint16 if layout.width == 2 else np.uint32)
+    raw = np.empty(bits.size * layout.raw_planes, dtype=np.uint8)
+    _raw_planes(bits, raw)
+    return raw
+
+
+@numba.njit(cache=True, nogil=True)
+def _symbol_counts(bits, shift, counts):
+    """Symbol counts into 4 copies of the histogram in turn (counts[copy, symbol]): a run of equal
+    symbols then adds to different counters instead of waiting on one."""
+    for k in range(bits.size):
+        i = np.uint64(k)
+        counts[i & np.uint64(3), np.uint64((bits[i] >> shift) & 0xFF)] += 1
+
+
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _symbol_histogram(bits, shift, num_chunks):
     partial = np.zeros((num_chunks, 256), dtype=np.int64)
@@ -109,7 +153,12 @@ def _symbol_histogram(bits, shift, num_chunks):
     return partial.sum(axis=0)
 
 
-def symbol_histogram(layout: FloatLayout, data: np.ndarray) -> np.ndarray:
-    """Counts of each symbol value (int64[256]) straight from raw bytes, without splitting them."""
+def symbol_histogram(layout: FloatLayout, data: np.ndarray, parallel: bool = True) -> np.ndarray:
+    """Counts of each symbol value (int64[256]) straight from raw bytes, without splitting them;
+    without `parallel`, on the calling thread."""
     bits = data.view(np.uint16 if layout.width == 2 else np.uint32)
-    return _symbol_histogram(bits, layout.symbol_shift, max(1, min(64, bits.size // (1 << 16))))
+    if parallel:
+        return _symbol_histogram(bits, layout.symbol_shift, max(1, min(64, bits.size // (1 << 16))))
+    counts = np.zeros((4, 256), dtype=np.int64)
+    _symbol_counts(bits, layout.symbol_shift, counts)
+    return counts.sum(axis=0)

@@ -29,49 +29,102 @@ LANES = 32  # lanes a block decodes in lockstep; a warp of threads on the GPU
 WORD_BITS = 16
 
 
+class UncodedSymbolError(ValueError):
+    """`encode` met a symbol whose code length is 0: the code was built for other data."""
+
+
+# The kernels below index with unsigned integers: numba adds negative-index wraparound code to
+# every signed index, which costs the inner loops about a quarter of their time.
+U32, U64 = np.uint32, np.uint64
+
+
 @numba.njit(cache=True, nogil=True)
-def _encode_block(sym, start, count, codes, lengths, scratch, slots, out, out_pos):
-    """Encode one block in a single pass; return the number of words written at out[out_pos:].
+def _pack_lane(values, first, num, shift, aligned, lengths, words, steps_of, base, uncoded):
+    """Pack one lane's codes (of values[first], values[first + LANES], ...) MSB-first into words[base:].
 
-    While packing each lane's codes MSB-first into scratch[lane, word], it replays the
-    decoder's refill rule (a lane with fewer than MAX_CODE_LEN bits buffered takes its next
-    word) to give each lane word its slot in the stream; the words are then scattered there.
+    Follows the decoder's refill rule on the way (a lane with fewer than MAX_CODE_LEN bits buffered
+    takes its next word) and records in steps_of[base + w] the step at which the decoder takes word w,
+    as the index of the symbol it takes it for (values[first + LANES * step]). Returns the number of
+    words taken: words past the last code bits are zero.
+    Branch-free, so that the lane's state stays in registers.
     """
-    nbits = np.zeros(LANES, dtype=np.int64)   # bits of codes written to each lane so far
-    taken = np.zeros(LANES, dtype=np.int64)   # words the decoder has taken by then
-    scratch[:, :] = 0
-    written = 0
-    for base in range(0, count, LANES):
-        for lane in range(min(LANES, count - base)):
-            pos = nbits[lane]
-            if taken[lane] * WORD_BITS - pos < MAX_CODE_LEN:
-                slots[lane, taken[lane]] = written
-                taken[lane] += 1
-                written += 1
-            s = sym[start + base + lane]
-            n = lengths[s]
-            # place the code in a 32-bit window that covers words `word` and `word + 1`
-            window = np.uint32(codes[s]) << np.uint32(32 - (pos & 15) - n)
-            word = pos >> 4
-            scratch[lane, word] |= np.uint16(window >> np.uint32(16))
-            scratch[lane, word + 1] |= np.uint16(window & np.uint32(0xFFFF))
-            nbits[lane] = pos + n
+    acc = U32(0)        # bits not yet written out, MSB-aligned (at most 15 + MAX_CODE_LEN)
+    fill = U32(0)       # how many
+    done = U64(base)    # words written
+    taken = U64(base)   # words the decoder has taken
+    missing = U32(0)
+    i = U64(first)
+    for _ in range(num):
+        # the decoder takes a word whenever it holds fewer than MAX_CODE_LEN bits, so by this step it
+        # has taken ceil((bits before this symbol + MAX_CODE_LEN) / 16) words: if that is one more
+        # than before, word `taken` is taken now (else steps_of[taken] is written again later)
+        steps_of[taken] = U32(i)
+        taken = done + U64((fill + U32(MAX_CODE_LEN + WORD_BITS - 1)) >> U32(4))
+        s = U64((values[i] >> shift) & 0xFF)
+        n = lengths[s]
+        missing |= U32(n == U32(0))
+        acc |= aligned[s] >> fill
+        fill += n
+        words[done] = np.uint16(acc >> U32(16))
+        full = U32(fill >= U32(WORD_BITS))
+        done += U64(full)
+        acc <<= full << U32(4)
+        fill -= full << U32(4)
+        i += U64(LANES)
+    if fill > U32(0):
+        words[done] = np.uint16(acc >> U32(16))
+        done += U64(1)
+    while done < taken:
+        words[done] = 0
+        done += U64(1)
+    uncoded[0] |= missing
+    return taken - U64(base)
+
+
+@numba.njit(cache=True, nogil=True)
+def _encode_block(values, start, count, shift, aligned, lengths, words, steps_of, taken, slot, uncoded, out,
+                  out_pos):
+    """Encode one block into out[out_pos:]; returns the number of words written.
+
+    Each lane is packed on its own (_pack_lane, into words), then the lanes' words are placed in the
+    stream in the order the lockstep decoder takes them: by step, then by lane (a counting sort on
+    the step, in slot).
+    """
+    steps = -(-count // LANES)
+    max_words = words.size // LANES
     for lane in range(LANES):
+        num = (count - lane + LANES - 1) // LANES
+        taken[lane] = _pack_lane(values, start + lane, num, shift, aligned, lengths, words, steps_of,
+                                 lane * max_words, uncoded)
+    slot[: steps + 1] = 0  # slot[t + 1]: words taken at step t, then where step t's words go
+    for lane in range(LANES):
+        base, first = U64(lane * max_words), U32(start + lane)
         for w in range(taken[lane]):
-            out[out_pos + slots[lane, w]] = scratch[lane, w]
-    return written
+            slot[U64((steps_of[base + U64(w)] - first) // U32(LANES)) + U64(1)] += U64(1)
+    for t in range(steps):
+        slot[t + 1] += slot[t]
+    for lane in range(LANES):
+        base, first = U64(lane * max_words), U32(start + lane)
+        for w in range(taken[lane]):
+            t = U64((steps_of[base + U64(w)] - first) // U32(LANES))
+            out[U64(out_pos) + slot[t]] = words[base + U64(w)]
+            slot[t] += U64(1)
+    return slot[steps - 1]
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
-def _encode(sym, codes, lengths, steps, num_blocks, block_capacity, staging, counts):
+@numba.njit(cache=True, nogil=True)
+def _encode(values, shift, aligned, lengths, steps, out, index, uncoded):
     block_size = LANES * steps
     max_words = (MAX_CODE_LEN * steps + MAX_CODE_LEN) // WORD_BITS + 2
-    for b in numba.prange(num_blocks):
+    words = np.empty(LANES * max_words, dtype=np.uint16)     # each lane's words, lane after lane
+    steps_of = np.empty(LANES * max_words, dtype=np.uint32)  # the symbol each word is taken for
+    taken = np.empty(LANES, dtype=np.uint64)
+    slot = np.empty(steps + 1, dtype=np.uint64)
+    for b in range(index.size - 1):
         start = b * block_size
-        count = min(block_size, sym.size - start)
-        scratch = np.empty((LANES, max_words), dtype=np.uint16)
-        slots = np.empty((LANES, max_words), dtype=np.int64)
-        counts[b] = _encode_block(sym, start, count, codes, lengths, scratch, slots, staging, b * block_capacity)
+        count = min(block_size, values.size - start)
+        index[b + 1] = index[b] + _encode_block(values, start, count, shift, aligned, lengths, words, steps_of,
+                                                taken, slot, uncoded, out, index[b])
 
 
 def block_capacity(steps: int) -> int:
@@ -79,41 +132,104 @@ def block_capacity(steps: int) -> int:
     return LANES * ((MAX_CODE_LEN * steps + MAX_CODE_LEN) // WORD_BITS + 1)
 
 
-def encode(sym: np.ndarray, codes: np.ndarray, lengths: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """Encode uint8 symbols; returns (words uint16[W], index int64[num_blocks + 1])."""
-    num_blocks = -(-sym.size // (LANES * steps))
-    capacity = block_capacity(steps)
-    staging = np.empty(num_blocks * capacity, dtype=np.uint16)
-    counts = np.zeros(num_blocks, dtype=np.int64)
-    _encode(sym, codes.astype(np.uint16), lengths.astype(np.int64), steps, num_blocks, capacity, staging, counts)
+def encode(values: np.ndarray, codes: np.ndarray, lengths: np.ndarray, steps: int,
+           shift: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Encode the symbols (values >> shift) & 0xFF: uint8 symbols, or the bits of floats straight away
+    (see floats.py). Returns (words uint16[W], index int64[num_blocks + 1]).
+
+    Runs on the calling thread: callers encode several chunks at once (see tensor.py).
+    """
+    if values.size >= 1 << 32:
+        raise ValueError(f"{values.size} symbols to encode at once; encode at most 2**32 - 1")
+    num_blocks = -(-values.size // (LANES * steps))
+    # room for the longest codes; the words are written back to back, so the pages past them are
+    # never touched (and never become resident)
+    out = np.empty(num_blocks * block_capacity(steps), dtype=np.uint16)
     index = np.zeros(num_blocks + 1, dtype=np.int64)
-    np.cumsum(counts, out=index[1:])
-    words = np.empty(int(index[-1]), dtype=np.uint16)
-    _compact(staging, counts, index, capacity, words)
-    return words, index
+    lengths32 = lengths.astype(np.uint32)
+    # each code MSB-aligned in 32 bits, so that packing it is one shift and one or
+    aligned = np.where(lengths32 > 0, codes.astype(np.uint32) << ((32 - lengths32) % 32), 0).astype(np.uint32)
+    uncoded = np.zeros(1, dtype=np.uint32)
+    _encode(values, shift, aligned, lengths32, steps, out, index, uncoded)
+    if uncoded[0]:
+        raise UncodedSymbolError("a symbol to encode has no code (code lengths from other data?)")
+    return out[: index[-1]], index
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
-def _compact(staging, counts, index, capacity, words):
-    for b in numba.prange(counts.size):
-        words[index[b] : index[b + 1]] = staging[b * capacity : b * capacity + counts[b]]
+@numba.njit(cache=True, nogil=True)
+def _count_words(values, shift, lengths, steps, counts):
+    """counts[b] = the words block b encodes to (what _encode_block returns), from the code lengths
+    alone. The decoder has taken ceil((bits before symbol k + MAX_CODE_LEN) / 16) words of a lane by
+    step k (see _pack_lane), so a lane of codes of n_0 .. n_last bits takes
+    ceil((n_0 + ... + n_last - n_last + MAX_CODE_LEN) / 16) words."""
+    block_size = LANES * steps
+    coded = np.empty(LANES, dtype=np.uint64)  # bits of each lane's codes
+    for b in range(counts.size):
+        start = b * block_size
+        count = min(block_size, values.size - start)
+        coded[:] = 0
+        tail = start + count // LANES * LANES
+        for lane in range(0, LANES, 8):  # 8 lanes at a time, their sums in registers
+            _sum8(values, U64(start + lane), U64(tail + lane), shift, lengths, coded, lane)
+        for i in range(tail, start + count):
+            coded[i - tail] += lengths[U64((values[U64(i)] >> shift) & 0xFF)]
+        words = U64(0)
+        for lane in range(min(LANES, count)):
+            last = start + lane + (count - lane - 1) // LANES * LANES  # the lane's last symbol
+            n_last = U64(lengths[U64((values[U64(last)] >> shift) & 0xFF)])
+            words += (coded[lane] - n_last + U64(MAX_CODE_LEN + WORD_BITS - 1)) >> U64(4)
+        counts[b] = words
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _merge_value(sym, raw, n_total, i, wide):
-    """The original bits of weight i from its symbol and raw planes (see floats.py)."""
+def _sum8(values, i, stop, shift, lengths, coded, lane):
+    c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = U64(0)
+    while i < stop:
+        c0 += U64(lengths[U64((values[i] >> shift) & 0xFF)])
+        c1 += U64(lengths[U64((values[i + U64(1)] >> shift) & 0xFF)])
+        c2 += U64(lengths[U64((values[i + U64(2)] >> shift) & 0xFF)])
+        c3 += U64(lengths[U64((values[i + U64(3)] >> shift) & 0xFF)])
+        c4 += U64(lengths[U64((values[i + U64(4)] >> shift) & 0xFF)])
+        c5 += U64(lengths[U64((values[i + U64(5)] >> shift) & 0xFF)])
+        c6 += U64(lengths[U64((values[i + U64(6)] >> shift) & 0xFF)])
+        c7 += U64(lengths[U64((values[i + U64(7)] >> shift) & 0xFF)])
+        i += U64(LANES)
+    coded[lane] += c0
+    coded[lane + 1] += c1
+    coded[lane + 2] += c2
+    coded[lane + 3] += c3
+    coded[lane + 4] += c4
+    coded[lane + 5] += c5
+    coded[lane + 6] += c6
+    coded[lane + 7] += c7
+
+
+def block_index(values: np.ndarray, lengths: np.ndarray, steps: int, shift: int = 0) -> np.ndarray:
+    """The index `encode` would return (int64[num_blocks + 1]), without encoding: the exact size of
+    the words stream is known before it is written. Runs on the calling thread."""
+    num_blocks = -(-values.size // (LANES * steps))
+    index = np.zeros(num_blocks + 1, dtype=np.int64)
+    _count_words(values, shift, lengths.astype(np.uint32), steps, index[1:])
+    np.cumsum(index, out=index)
+    return index
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _merge_value(sym, raw, plane, i, wide):
+    """The original bits of weight i from its symbol and raw planes of `plane` bytes (see floats.py)."""
     if wide:
-        hi = np.uint32(raw[2 * n_total + i])
+        hi = np.uint32(raw[2 * plane + i])
         return (((hi & 0x80) << 24) | (np.uint32(sym) << 23) | ((hi & 0x7F) << 16)
-                | (np.uint32(raw[n_total + i]) << 8) | np.uint32(raw[i]))
+                | (np.uint32(raw[plane + i]) << 8) | np.uint32(raw[i]))
     r = np.uint32(raw[i])
     return ((r & 0x80) << 8) | (np.uint32(sym) << 7) | (r & 0x7F)
 
 
 @numba.njit(cache=True, nogil=True)
-def _decode_block_into(words, begin, end, table, raw, n_total, block_start, count, lo, hi, wide, out, check):
+def _decode_block_into(words, begin, end, table, raw, plane, block_start, count, lo, hi, wide, out, check):
     """Decode one block; weights [lo, hi) of it are written into `out` (indexed from lo), or, with
-    `check`, compared with it. Returns 0, 1 for a stream that does not decode, 2 for a mismatch."""
+    `check`, compared with it. `plane` is the length of a raw plane. Returns 0, 1 for a stream that
+    does not decode, 2 for a mismatch."""
     buf = np.zeros(LANES, dtype=np.uint32)
     nbits = np.zeros(LANES, dtype=np.int64)
     pos = begin
@@ -131,7 +247,7 @@ def _decode_block_into(words, begin, end, table, raw, n_total, block_start, coun
             nbits[lane] -= n
             i = block_start + base + lane
             if lo <= i < hi:
-                value = _merge_value(entry & 0xFF, raw, n_total, i, wide)
+                value = _merge_value(entry & 0xFF, raw, plane, i, wide)
                 if not check:
                     out[i - lo] = value
                 elif out[i - lo] != value:
@@ -139,31 +255,147 @@ def _decode_block_into(words, begin, end, table, raw, n_total, block_start, coun
     return 0 if pos == end else 1
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
-def _decode_into(words, index, table, raw, n_total, steps, lo, hi, wide, out, status, check):
+@numba.njit(cache=True, nogil=True, inline="always")
+def _merged_bits(sym, raw, plane, i, wide):
+    """_merge_value with unsigned indices."""
+    if wide:
+        hi = U32(raw[U64(2) * plane + i])
+        return (((hi & U32(0x80)) << U32(24)) | (U32(sym) << U32(23)) | ((hi & U32(0x7F)) << U32(16))
+                | (U32(raw[plane + i]) << U32(8)) | U32(raw[i]))
+    r = U32(raw[i])
+    return ((r & U32(0x80)) << U32(8)) | (U32(sym) << U32(7)) | (r & U32(0x7F))
+
+
+@numba.njit(cache=True, nogil=True)
+def _decode_whole_block(words, begin, end, table, raw, plane, block_start, steps, wide, out, out_start, check):
+    """_decode_block_into for a block of `steps` full steps whose weights all fall in `out` (fp32; 16-bit
+    floats have _decode_whole_block16): no range tests, unsigned indices, and a mismatch or a read
+    past the block's words reported at the end."""
+    if end <= begin:
+        return 1
+    buf = np.zeros(LANES, dtype=np.uint32)
+    nbits = np.zeros(LANES, dtype=np.uint32)
+    pos, last = U64(begin), U64(end - 1)
+    plane = U64(plane)
+    i = U64(block_start)
+    o = U64(block_start - out_start)
+    bad = U32(0)
+    for _ in range(steps):
+        for lane in range(LANES):
+            j = U64(lane)
+            b, nb = buf[j], nbits[j]
+            if nb < U32(MAX_CODE_LEN):
+                b |= U32(words[min(pos, last)]) << (U32(WORD_BITS) - nb)  # a truncated stream reads its last word
+                nb += U32(WORD_BITS)
+                pos += U64(1)
+            entry = U32(table[U64(b >> U32(32 - MAX_CODE_LEN))])
+            n = entry >> U32(8)
+            buf[j] = b << n
+            nbits[j] = nb - n
+            value = _merged_bits(entry & U32(0xFF), raw, plane, i, wide)
+            if check:
+                bad |= value ^ U32(out[o])
+            else:
+                out[o] = value
+            i += U64(1)
+            o += U64(1)
+    if pos != U64(end):
+        return 1
+    return 2 if bad else 0
+
+
+@numba.njit(cache=True, nogil=True)
+def _decode_whole_block16(words, begin, end, table16, raw, block_start, steps, out, out_start, check):
+    """_decode_whole_block for 16-bit floats, with a table that holds each symbol where it goes in
+    the weight's bits (table16: length << 16 | symbol << 7) and the raw byte spread by _RAW16."""
+    if end <= begin:
+        return 1
+    buf = np.zeros(LANES, dtype=np.uint32)
+    nbits = np.zeros(LANES, dtype=np.uint32)
+    pos, last = U64(begin), U64(end - 1)
+    i = U64(block_start)
+    o = U64(block_start - out_start)
+    bad = U32(0)
+    for _ in range(steps):
+        for lane in range(LANES):
+            j = U64(lane)
+            b, nb = buf[j], nbits[j]
+            if nb < U32(MAX_CODE_LEN):
+                b |= U32(words[min(pos, last)]) << (U32(WORD_BITS) - nb)  # a truncated stream reads its last word
+                nb += U32(WORD_BITS)
+                pos += U64(1)
+            entry = table16[U64(b >> U32(32 - MAX_CODE_LEN))]
+            n = entry >> U32(16)
+            buf[j] = b << n
+            nbits[j] = nb - n
+            value = _RAW16[U64(raw[i])] | (entry & U32(0xFFFF))
+            if check:
+                bad |= value ^ U32(out[o])
+            else:
+                out[o] = value
+            i += U64(1)
+            o += U64(1)
+    if pos != U64(end):
+        return 1
+    return 2 if bad else 0
+
+
+# the bits of a 16-bit float that its raw byte holds: sign (bit 7 -> 15) and mantissa (bits 0..6)
+_RAW16 = np.array([((r & 0x80) << 8) | (r & 0x7F) for r in range(256)], dtype=np.uint32)
+
+
+@numba.njit(cache=True, nogil=True)
+def _decode_block(words, index, table, table16, raw, n_total, steps, lo, hi, wide, out, check, b):
+    """Decode (or check) block b with the fastest decoder that applies; its status."""
     block_size = LANES * steps
-    first = lo // block_size
+    start = b * block_size
+    count = min(block_size, n_total - start)
+    if count % LANES or start < lo or start + count > hi:
+        return _decode_block_into(words, index[b], index[b + 1], table, raw, n_total, start, count, lo, hi, wide,
+                                  out, check)
+    if wide:
+        return _decode_whole_block(words, index[b], index[b + 1], table, raw, n_total, start, count // LANES, wide,
+                                   out, lo, check)
+    return _decode_whole_block16(words, index[b], index[b + 1], table16, raw, start, count // LANES, out, lo, check)
+
+
+# Two loops rather than one function compiled twice: numba's disk cache keys a compiled function by
+# its name, so a parallel and a serial compilation of the same function would share one entry.
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _decode_into(words, index, table, table16, raw, n_total, steps, lo, hi, wide, out, status, check):
+    first = lo // (LANES * steps)
     for k in numba.prange(status.size):
-        b = first + k
-        start = b * block_size
-        status[k] = _decode_block_into(words, index[b], index[b + 1], table, raw, n_total, start,
-                                       min(block_size, n_total - start), lo, hi, wide, out, check)
+        status[k] = _decode_block(words, index, table, table16, raw, n_total, steps, lo, hi, wide, out, check,
+                                  first + k)
+
+
+@numba.njit(cache=True, nogil=True)
+def _decode_into_serial(words, index, table, table16, raw, n_total, steps, lo, hi, wide, out, status, check):
+    first = lo // (LANES * steps)
+    for k in range(status.size):
+        status[k] = _decode_block(words, index, table, table16, raw, n_total, steps, lo, hi, wide, out, check,
+                                  first + k)
 
 
 def decode_into(words: np.ndarray, index: np.ndarray, table: np.ndarray, raw: np.ndarray, n_total: int,
-                steps: int, out: np.ndarray, lo: int = 0, where: str = "tensor", check: bool = False) -> None:
+                steps: int, out: np.ndarray, lo: int = 0, where: str = "tensor", check: bool = False,
+                parallel: bool = True) -> None:
     """Decode weights [lo, lo + out.size) into `out` (uint16 for 16-bit floats, uint32 for fp32).
 
     With `check`, `out` holds the expected bits and is compared instead of written: a
-    difference raises VerificationError naming the block.
+    difference raises VerificationError naming the block. Without `parallel`, it runs on the
+    calling thread only.
     """
     hi = lo + out.size
     if hi <= lo:
         return
     block_size = LANES * steps
     status = np.zeros(-(-hi // block_size) - lo // block_size, dtype=np.int64)
-    _decode_into(words, index, table.astype(np.int64), raw, n_total, steps, lo, hi, out.itemsize == 4, out,
-                 status, check)
+    entries = table.astype(np.uint32)
+    table16 = ((entries >> 8) << 16) | ((entries & 0xFF) << 7)  # see _decode_whole_block16
+    run = _decode_into if parallel and status.size > 1 else _decode_into_serial
+    run(words, index, table.astype(np.int16), table16, raw, n_total, steps, lo, hi, out.itemsize == 4, out, status,
+        check)
     if (status == 1).any():
         block = lo // block_size + int(np.flatnonzero(status == 1)[0])
         raise CorruptDataError(f"{where}: coded stream of block {block} does not decode (truncated or corrupted data)")

@@ -1,20 +1,33 @@
-"""Encode one tensor into its streams, chunk by chunk, checking each chunk decodes back.
+"""Code tensors into their streams on worker threads, checking that every chunk decodes back.
 
 A coded float tensor has three streams: `words` (uint16 lane words, as bytes),
 `index` (int64 word offset of each block, as bytes) and `raw` (the raw planes).
 Other dtypes become one `data` stream, zstd-compressed when that helps.
+
+A tensor is coded in two passes. `plan` finds its code (from its symbol histogram) and the exact
+size of each stream (`lanes.block_index` counts the words without writing them), so that where
+every byte goes in a shard is known before the first is written; `code` then encodes, checks
+and hands each piece to a writer at its final place (no spooling, no copies).
+
+The work runs on a pool of threads (the numba kernels and hashlib release the GIL), in tasks of
+about TASK_BYTES: a larger tensor is cut into several, smaller ones share one. Several tasks are
+in flight at once, so the threads always have work, even while one finishes the last task of a
+tensor or a core is busy with another process (numba's own parallel loops would wait for their
+slowest thread there, and each costs a wake-up of the thread pool).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import zstandard
 
+from ..errors import SourceError
 from . import floats, huffman, lanes
 
 DEFAULT_STEPS = 1024       # symbols a lane decodes per block: 32 * 1024 weights a block
@@ -31,9 +44,10 @@ def choose_steps(numel: int) -> int:
     together, a layer at a time, so they keep the tighter packing.
     """
     return DEFAULT_STEPS // 2 if numel >= LARGE_TENSOR else DEFAULT_STEPS
-CHUNK_BLOCKS = 512         # blocks encoded at once (16M weights): bounds memory on huge tensors
-MAX_CACHED_BYTES = 512 * 1024 * 1024  # tensors up to this size are read once; larger ones twice, by chunk
-_hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unweight-sha256")  # one: keeps chunk order
+CHUNK_BLOCKS = 512         # blocks read at once from a tensor too large to hold (16M weights)
+MAX_CACHED_BYTES = 512 * 1024 * 1024  # tensors up to this size are held whole while planned
+TASK_BYTES = 4 * 1024 * 1024  # source bytes a task covers (~10 ms): small enough to keep every thread busy
+MAX_READ_AHEAD = 16        # tasks of a large tensor read ahead of the one that finishes first
 ZSTD_LEVEL = 3
 
 
@@ -56,81 +70,370 @@ class EncodedTensor:
         return {role: pieces[0] if len(pieces) == 1 else np.concatenate(pieces) for role, pieces in self.parts.items()}
 
 
-ReadRange = Callable[[int, int], np.ndarray]  # (byte start, byte stop) -> uint8 array
-Consume = Callable[[np.ndarray], None]         # sees every byte of the tensor once, in order
+class Code:
+    """The prefix code of one tensor, from its symbol histogram."""
+
+    def __init__(self, hist: np.ndarray):
+        self.hist = hist
+        self.lengths = huffman.code_lengths(hist)
+        self.codes = huffman.canonical_codes(self.lengths)
+        self.entropy_bits = huffman.entropy_bits(hist)
+        self._table: np.ndarray | None = None
+
+    @property
+    def table(self) -> np.ndarray:
+        """The decode table (built once, on first use)."""
+        if self._table is None:
+            self._table = huffman.decode_table(self.lengths)
+        return self._table
+
+
+@dataclass
+class TensorPlan:
+    """How a tensor is coded and the exact size of each of its streams, known before any is written."""
+
+    dtype: str
+    numel: int
+    nbytes: int                       # of the source tensor
+    encoding: str                     # "lanes", "zstd" or "raw"
+    sizes: dict[str, int]             # stream role -> bytes, in stream order
+    steps: int = 0
+    code: Code | None = None          # lanes: the prefix code
+    index: np.ndarray | None = None   # lanes: the index stream, int64[num_blocks + 1]
+    data: list[np.ndarray] | None = None  # the source bytes while they are kept for `code`: in the
+                                          # pieces of its tasks (see TensorEncoder)
+
+    @property
+    def packed_bytes(self) -> int:
+        return sum(self.sizes.values())
+
+    @property
+    def kept_bytes(self) -> int:
+        return sum(piece.size for piece in self.data) if self.data is not None else 0
+
+    @property
+    def code_lengths(self) -> np.ndarray | None:
+        return self.code.lengths if self.code is not None else None
+
+    @property
+    def entropy_bits(self) -> float:
+        return self.code.entropy_bits if self.code is not None else 0.0
+
+
+ReadRange = Callable[[int, int], np.ndarray]     # (byte start, byte stop) -> uint8 array
+Consume = Callable[[np.ndarray], None]           # sees every byte of the tensor once, in order
+Write = Callable[[str, int, np.ndarray], None]   # (role, byte offset in that stream, uint8 bytes)
+
+
+@dataclass
+class TensorSource:
+    """A tensor to plan: its dtype, its size, how to read it, and (coded floats) its block length."""
+
+    dtype: str
+    numel: int
+    nbytes: int
+    read: ReadRange
+    steps: int = DEFAULT_STEPS
+
+    @property
+    def is_coded(self) -> bool:
+        return self.dtype in floats.LAYOUTS and self.numel > 0
+
+
+@dataclass
+class TensorJob:
+    """A planned tensor to code: where its streams go (`write`) and how errors name it."""
+
+    plan: TensorPlan
+    read: ReadRange
+    write: Write
+    where: str = "tensor"
+
+
+class Pending:
+    """The result of work on several threads: `result()` waits for all of it."""
+
+    def __init__(self, futures: list[Future], value: Callable[[], object]):
+        self._futures, self._value = futures, value
+
+    def result(self):
+        for f in self._futures:
+            f.result()
+        return self._value()
+
+
+class TensorEncoder:
+    """Plans and codes tensors on a pool of worker threads (a context manager).
+
+    Work comes in units: one tensor larger than TASK_BYTES, cut into tasks of about that size, or
+    a run of smaller ones, one task for all (a task per tensor would cost more in hand-offs
+    between threads than it does in work). Units are submitted from one thread; several are in
+    flight at once. `code` reads in that thread, so that the bytes reach the hashing threads in
+    the order of the calls (`consume` feeds a file's SHA-256).
+    """
+
+    def __init__(self, threads: int | None = None):
+        self.threads = threads or numba.get_num_threads()
+        self._workers = ThreadPoolExecutor(self.threads, thread_name_prefix="unweight-code")
+        # a large tensor has a thread of its own that waits on its tasks while planning it
+        self._drivers = ThreadPoolExecutor(4, thread_name_prefix="unweight-tensor")
+        # one thread for the SHA-256 of large tensors and one for `consume`: each keeps the order of the bytes
+        self._tensor_hasher = ThreadPoolExecutor(1, thread_name_prefix="unweight-sha256")
+        self._consumer = ThreadPoolExecutor(1, thread_name_prefix="unweight-consume")
+
+    def __enter__(self) -> TensorEncoder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for pool in (self._drivers, self._workers, self._tensor_hasher, self._consumer):
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    # pass 1
+
+    def plan(self, sources: list[TensorSource]) -> Future:
+        """Future list of the TensorPlans of a unit of tensors.
+
+        The source bytes are kept in the plans (a tensor too large to hold, over MAX_CACHED_BYTES,
+        is read twice by chunks instead, before this returns).
+        """
+        if len(sources) == 1 and _is_large(sources[0]):
+            if sources[0].nbytes > MAX_CACHED_BYTES:
+                return _done([self._plan_by_chunks(sources[0])])
+            return self._drivers.submit(self._plan_large, sources[0])
+        return self._workers.submit(_plan_small, [(s, s.read(0, s.nbytes)) for s in sources])
+
+    def _plan_large(self, source: TensorSource) -> list[TensorPlan]:
+        """A large tensor, read a task's piece at a time: each piece's histogram is on its way while
+        the next is read."""
+        layout, steps = floats.LAYOUTS[source.dtype], source.steps
+        pieces, hists = [], []
+        for a, b in _spans(source.numel, _task_weights(layout, steps)):
+            pieces.append(source.read(a * layout.width, b * layout.width))
+            hists.append(self._workers.submit(_histogram_task, layout, pieces[-1], 0, b - a))
+        code = Code(sum(_results(hists)))
+        indices = self._map(_index_task, [(layout, code, piece, 0, piece.size // layout.width, steps)
+                                          for piece in pieces])
+        return [_lanes_plan(source.dtype, source.numel, steps, code, indices, pieces)]
+
+    def _plan_by_chunks(self, source: TensorSource) -> TensorPlan:
+        """A tensor too large to hold, a chunk at a time: all of its histogram, then its word counts."""
+        layout, steps = floats.LAYOUTS[source.dtype], source.steps
+        chunks = list(_spans(source.numel, CHUNK_BLOCKS * lanes.LANES * steps))
+
+        def tasks(a: int, b: int) -> list[tuple[int, int]]:
+            return list(_spans(b - a, _task_weights(layout, steps)))
+
+        hist = np.zeros(huffman.NUM_SYMBOLS, dtype=np.int64)
+        for a, b in chunks:
+            data = source.read(a * layout.width, b * layout.width)
+            hist += sum(self._map(_histogram_task, [(layout, data, c, d) for c, d in tasks(a, b)]))
+        code = Code(hist)
+        indices = []
+        for a, b in chunks:
+            data = source.read(a * layout.width, b * layout.width)
+            indices += self._map(_index_task, [(layout, code, data, c, d, steps) for c, d in tasks(a, b)])
+        return _lanes_plan(source.dtype, source.numel, steps, code, indices, None)
+
+    # pass 2
+
+    def code(self, jobs: list[TensorJob], verify: bool = True, consume: Consume = lambda data: None) -> Pending:
+        """Code a unit of planned tensors: every stream goes to its job's `write`, each chunk checked
+        first unless not `verify`. Returns a Pending list of the sources' SHA-256s (hex); a source
+        must not have changed since it was planned (SourceError otherwise)."""
+        if len(jobs) == 1 and jobs[0].plan.encoding == "lanes" and _is_large(jobs[0].plan):
+            return self._code_large(jobs[0], verify, consume)
+        datas = []
+        for job in jobs:
+            datas.append(job.plan.data[0] if job.plan.data is not None else job.read(0, job.plan.nbytes))
+            job.plan.data = None
+        consumed = self._consumer.submit(_consume_all, consume, datas)
+        coded = self._workers.submit(_code_small, jobs, datas, verify)
+        return Pending([consumed, coded], coded.result)
+
+    def _code_large(self, job: TensorJob, verify: bool, consume: Consume) -> Pending:
+        plan = job.plan
+        layout = floats.LAYOUTS[plan.dtype]
+        job.write("index", 0, plan.index.view(np.uint8))
+        span_weights = _task_weights(layout, plan.steps)
+        digest = hashlib.sha256()
+        tasks, hashed, consumed = [], [], []
+        for k, (start, stop) in enumerate(_spans(plan.numel, span_weights)):
+            data = plan.data[k] if plan.data is not None else job.read(start * layout.width, stop * layout.width)
+            hashed.append(self._tensor_hasher.submit(digest.update, data))
+            consumed.append(self._consumer.submit(consume, data))
+            tasks.append(self._workers.submit(_code_span, plan, data, start, job.write, job.where, verify))
+            if plan.data is None and len(tasks) > MAX_READ_AHEAD:
+                tasks.pop(0).result()  # read again: only a few tasks' worth of it in memory at once
+        plan.data = None
+        # queued behind the tensor's chunks on its thread, this sees their results (errors included)
+        sha256 = self._tensor_hasher.submit(_after, hashed, digest.hexdigest)
+        return Pending([*tasks, *consumed, sha256], lambda: [sha256.result()])
+
+    def _map(self, fn: Callable, args: list[tuple]) -> list:
+        """fn(*a) for each a on the worker threads; the results in order (the first error is raised)."""
+        futures = [self._workers.submit(fn, *a) for a in args]
+        try:
+            return [f.result() for f in futures]
+        finally:
+            for f in futures:
+                f.cancel()
 
 
 def encode_float(dtype: str, numel: int, read: ReadRange, steps: int = DEFAULT_STEPS,
                  where: str = "tensor", verify: bool = True, consume: Consume = lambda data: None) -> EncodedTensor:
-    """Encode a bf16/fp16/fp32 tensor read through `read`, verifying every chunk decodes back.
+    """Code one bf16/fp16/fp32 tensor into streams in memory (both passes, see TensorEncoder)."""
+    with TensorEncoder() as encoder:
+        nbytes = numel * floats.LAYOUTS[dtype].width
+        [plan] = encoder.plan([TensorSource(dtype, numel, nbytes, read, steps)]).result()
+        streams = {role: np.empty(size, dtype=np.uint8) for role, size in plan.sizes.items()}
 
-    Two passes (symbol histogram, then encode), reading each chunk twice only when the
-    tensor is larger than one chunk, so memory stays bounded on huge tensors.
-    """
-    layout = floats.LAYOUTS[dtype]
-    chunks = list(_chunks(numel, steps))
-    cached = read(0, numel * layout.width) if numel * layout.width <= MAX_CACHED_BYTES else None
+        def write(role: str, offset: int, data: np.ndarray) -> None:
+            streams[role][offset : offset + data.size] = data
 
-    def chunk_bytes(start: int, stop: int) -> np.ndarray:
-        if cached is not None:
-            return cached[start * layout.width : stop * layout.width]
-        return read(start * layout.width, stop * layout.width)
-
-    hist = np.zeros(huffman.NUM_SYMBOLS, dtype=np.int64)
-    for start, stop in chunks:
-        hist += floats.symbol_histogram(layout, chunk_bytes(start, stop))
-    lengths = huffman.code_lengths(hist)
-    codes = huffman.canonical_codes(lengths)
-    table = huffman.decode_table(lengths) if verify else None
-    digest = hashlib.sha256()
-    words, indices, raws = [], [], []
-    word_base = 0
-    for start, stop in chunks:
-        data = chunk_bytes(start, stop)
-        hashed = _hasher.submit(_hash_chunk, digest, data, consume)  # overlaps the numba work below
-        sym, raw = floats.split(layout, data)
-        w, index = lanes.encode(sym, codes, lengths, steps)
-        if verify:
-            _check_chunk(layout, w, index, table, steps, raw, data, where, start)
-        hashed.result()
-        words.append(w)
-        indices.append(index[:-1] + word_base)
-        word_base += w.size
-        raws.append(raw.reshape(layout.raw_planes, -1))
-    indices.append(np.array([word_base], dtype=np.int64))
-    parts = {
-        "words": [w.view(np.uint8) for w in words],
-        "index": [np.concatenate(indices).view(np.uint8)],
-        # raw planes are stored plane after plane over the whole tensor: [planes, numel]
-        "raw": [r[plane] for plane in range(layout.raw_planes) for r in raws],
-    }
-    return EncodedTensor("lanes", parts, digest.hexdigest(), steps, lengths, huffman.entropy_bits(hist))
+        [sha256] = encoder.code([TensorJob(plan, read, write, where)], verify, consume).result()
+    return EncodedTensor("lanes", {role: [a] for role, a in streams.items()}, sha256, steps, plan.code_lengths,
+                         plan.entropy_bits)
 
 
-def _hash_chunk(digest, data: np.ndarray, consume: Consume) -> None:
-    """The tensor's SHA-256, then `consume` (the file's SHA-256, progress), in the hashing thread:
-    hashlib releases the GIL, so hashing runs beside the numba kernels; one worker keeps chunks in order."""
-    digest.update(data)
-    consume(data)
+def _zstd(data: np.ndarray) -> np.ndarray:
+    return np.frombuffer(zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(data), dtype=np.uint8)
 
 
-def _chunks(numel: int, steps: int) -> Iterator[tuple[int, int]]:
-    step = CHUNK_BLOCKS * lanes.LANES * steps
-    for start in range(0, numel, step):
-        yield start, min(numel, start + step)
+def _plan_small(sources: list[tuple[TensorSource, np.ndarray]]) -> list[TensorPlan]:
+    """Plans of a run of small tensors (their bytes given), on one worker thread."""
+    plans = []
+    for source, data in sources:
+        if not source.is_coded:
+            plans.append(_plan_other(source.dtype, source.numel, data))
+            continue
+        layout = floats.LAYOUTS[source.dtype]
+        code = Code(_histogram_task(layout, data, 0, source.numel))
+        index = _index_task(layout, code, data, 0, source.numel, source.steps)
+        plans.append(_lanes_plan(source.dtype, source.numel, source.steps, code, [index], [data]))
+    return plans
 
 
-def _check_chunk(layout, words, index, table, steps, raw, data, where, start) -> None:
-    """Decode the chunk just encoded and compare it, in the decoder, bit for bit with its source."""
-    expected = data.view(np.uint16 if layout.width == 2 else np.uint32)
-    lanes.decode_into(words, index, table, raw, expected.size, steps, expected, where=f"{where} (chunk from "
-                      f"weight {start})", check=True)
+def _code_small(jobs: list[TensorJob], datas: list[np.ndarray], verify: bool) -> list[str]:
+    """Code a run of small tensors (their bytes given) on one worker thread; their SHA-256s."""
+    digests = []
+    for job, data in zip(jobs, datas):
+        if job.plan.encoding == "lanes":
+            job.write("index", 0, job.plan.index.view(np.uint8))
+            _code_span(job.plan, data, 0, job.write, job.where, verify)
+        else:
+            _code_other(job.plan, data, job.write, job.where)
+        digests.append(hashlib.sha256(data).hexdigest())
+    return digests
 
 
-def encode_other(data: np.ndarray) -> EncodedTensor:
-    """Store a non-float tensor losslessly: zstd when it saves bytes, else as is."""
-    digest = hashlib.sha256(data).hexdigest()
-    packed = np.frombuffer(zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(data), dtype=np.uint8)
+def _consume_all(consume: Consume, datas: list[np.ndarray]) -> None:
+    for data in datas:
+        consume(data)
+
+
+def _plan_other(dtype: str, numel: int, data: np.ndarray) -> TensorPlan:
+    packed = _zstd(data)
     if packed.size < data.size:
-        return EncodedTensor("zstd", {"data": [packed]}, digest)
-    return EncodedTensor("raw", {"data": [data]}, digest)
+        return TensorPlan(dtype, numel, data.size, "zstd", {"data": packed.size}, data=[data])
+    return TensorPlan(dtype, numel, data.size, "raw", {"data": data.size}, data=[data])
+
+
+def _code_other(plan: TensorPlan, data: np.ndarray, write: Write, where: str) -> None:
+    stored = _zstd(data) if plan.encoding == "zstd" else data
+    if stored.size != plan.sizes["data"]:
+        raise _changed(where)
+    write("data", 0, stored)
+
+
+def _lanes_plan(dtype: str, numel: int, steps: int, code: Code, indices: list[np.ndarray],
+                data: list[np.ndarray] | None) -> TensorPlan:
+    """The plan of a coded float tensor from the block indices of its spans (each from 0)."""
+    index = _join_indices(indices)
+    layout = floats.LAYOUTS[dtype]
+    sizes = {"words": 2 * int(index[-1]), "index": index.nbytes, "raw": numel * layout.raw_planes}
+    return TensorPlan(dtype, numel, numel * layout.width, "lanes", sizes, steps, code, index, data)
+
+
+def _join_indices(indices: list[np.ndarray]) -> np.ndarray:
+    """One index from those of consecutive spans, each counting words from 0."""
+    parts, base = [], 0
+    for index in indices:
+        parts.append(index[:-1] + base)
+        base += int(index[-1])
+    parts.append(np.array([base], dtype=np.int64))
+    return np.concatenate(parts)
+
+
+def _histogram_task(layout, data, start, stop) -> np.ndarray:
+    return floats.symbol_histogram(layout, data[start * layout.width : stop * layout.width], parallel=False)
+
+
+def _index_task(layout, code: Code, data, start, stop, steps) -> np.ndarray:
+    bits = data[start * layout.width : stop * layout.width].view(np.uint16 if layout.width == 2 else np.uint32)
+    return lanes.block_index(bits, code.lengths, steps, shift=layout.symbol_shift)
+
+
+def _code_span(plan: TensorPlan, data: np.ndarray, start: int, write: Write, where: str, verify: bool) -> None:
+    """Encode the weights in `data` (from weight `start`, whole blocks bar the tensor's last), check
+    that they decode back, and write their words and raw planes."""
+    layout = floats.LAYOUTS[plan.dtype]
+    bits = data.view(np.uint16 if layout.width == 2 else np.uint32)
+    first_block = start // (lanes.LANES * plan.steps)
+    try:
+        words, index = lanes.encode(bits, plan.code.codes, plan.code.lengths, plan.steps, shift=layout.symbol_shift)
+    except lanes.UncodedSymbolError:  # a symbol the plan's histogram did not have
+        raise _changed(where) from None
+    planned = plan.index[first_block : first_block + index.size]
+    if not np.array_equal(index, planned - planned[0]):
+        raise _changed(where)
+    raw = floats.raw_planes(layout, data)
+    if verify:
+        _check_chunk(words, index, plan.code, plan.steps, raw, bits, where, start)
+    write("words", 2 * int(planned[0]), words.view(np.uint8))
+    for plane in range(layout.raw_planes):
+        write("raw", plane * plan.numel + start, raw[plane * bits.size : (plane + 1) * bits.size])
+
+
+def _check_chunk(words, index, code: Code, steps, raw, expected, where, start) -> None:
+    """Decode the chunk just encoded and compare it, in the decoder, bit for bit with its source."""
+    lanes.decode_into(words, index, code.table, raw, expected.size, steps, expected,
+                      where=f"{where} (chunk from weight {start})", check=True, parallel=False)
+
+
+def _changed(where: str) -> SourceError:
+    return SourceError(f"{where}: changed while it was being compressed (it differs from its first reading); "
+                       f"compress a checkpoint that nothing writes to")
+
+
+def _results(futures: list[Future]) -> list:
+    return [f.result() for f in futures]
+
+
+def _after(futures: list[Future], then: Callable[[], object]) -> object:
+    for f in futures:
+        f.result()
+    return then()
+
+
+def _done(value) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
+
+
+def _spans(n: int, size: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, n, size):
+        yield start, min(n, start + size)
+
+
+def _is_large(tensor: TensorSource | TensorPlan) -> bool:
+    """Whether a tensor is a unit of work of its own, cut into tasks (a coded float over TASK_BYTES)."""
+    if isinstance(tensor, TensorPlan):
+        return tensor.encoding == "lanes" and tensor.nbytes > TASK_BYTES
+    return tensor.is_coded and tensor.nbytes > TASK_BYTES
+
+
+def _task_weights(layout: floats.FloatLayout, steps: int) -> int:
+    """Weights of a task of a large tensor: whole blocks, about TASK_BYTES of source."""
+    block = lanes.LANES * steps
+    return max(1, TASK_BYTES // (layout.width * block)) * block

@@ -15,11 +15,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import struct
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
@@ -142,6 +142,18 @@ def read_range(header: SafetensorsHeader, entry: TensorEntry, start: int = 0, st
     return out
 
 
+def read_entries(header: SafetensorsHeader, entries: list[TensorEntry]) -> list[np.ndarray]:
+    """The data of tensors that follow each other in the file, read at once into one array: a view
+    per tensor. One system call, and an array large enough for numpy to ask for huge pages (a page
+    fault per 2 MiB rather than per 4 KiB)."""
+    begin, end = entries[0].begin, entries[-1].end
+    if any(a.end != b.begin for a, b in zip(entries, entries[1:])):
+        raise ValueError(f"{header.path}: tensors to read at once must follow each other in the file")
+    run = TensorEntry(f"{entries[0].name} .. {entries[-1].name}", "U8", (end - begin,), begin, end)
+    data = read_range(header, run)
+    return [data[e.begin - begin : e.end - begin] for e in entries]
+
+
 def build_header(tensors: list[tuple[str, str, tuple[int, ...], int]], metadata: dict[str, str] | None) -> bytes:
     """Header bytes (padded to 8) for tensors given as (name, dtype, shape, nbytes) in data order."""
     header: dict = {}
@@ -155,34 +167,87 @@ def build_header(tensors: list[tuple[str, str, tuple[int, ...], int]], metadata:
     return text + b" " * (-len(text) % 8)
 
 
-def _copy_all(source: BinaryIO, dest: BinaryIO, size: int) -> int:
-    """Copy `size` bytes from the start of `source` to the end of `dest`, in the kernel where it can."""
-    copied = 0
-    try:
-        while copied < size:
-            n = os.copy_file_range(source.fileno(), dest.fileno(), size - copied, copied)
-            if n == 0:
-                break
-            copied += n
-        dest.seek(0, os.SEEK_END)
-        return copied
-    except (AttributeError, OSError):  # no copy_file_range here (or across these files): copy through Python
-        source.seek(copied)
-        dest.seek(0, os.SEEK_END)
-        shutil.copyfileobj(source, dest, 1 << 24)
-        return source.tell()
+FLUSH_BYTES = 16 * 1024 * 1024  # bytes written between two background flushes of a U8TensorWriter
 
 
-def write_spooled(path: Path, tensors: list[tuple[str, BinaryIO, int]], metadata: dict[str, str] | None = None) -> None:
-    """Write U8 tensors whose bytes wait in open files (name, file at offset 0, size), fsynced."""
-    header = build_header([(name, "U8", (size,), size) for name, _, size in tensors], metadata)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(header)))
-        f.write(header)
-        for name, source, size in tensors:
-            f.flush()
-            copied = _copy_all(source, f, size)
-            if copied != size:
-                raise OSError(f"{path}: spooled stream {name!r} holds {copied} bytes, expected {size}")
-        f.flush()
-        os.fsync(f.fileno())
+class U8TensorWriter:
+    """Writes a .safetensors file of U8 tensors whose sizes are known before their bytes: the header
+    goes first, then each tensor's bytes at their place, in any order and from any thread (pwrite
+    releases the GIL). Data reaches the disk in the background while more is being produced, so
+    the fsync in `close` has little left to wait for."""
+
+    def __init__(self, path: Path, tensors: list[tuple[str, int]], metadata: dict[str, str] | None = None,
+                 flush_bytes: int | None = None):
+        self.path = Path(path)
+        header = build_header([(name, "U8", (size,), size) for name, size in tensors], metadata)
+        self.sizes = dict(tensors)
+        self.starts, start = {}, 8 + len(header)  # file offset of each tensor's first byte
+        for name, size in tensors:
+            self.starts[name] = start
+            start += size
+        self.data_bytes, self.written = sum(self.sizes.values()), 0
+        self.flush_bytes, self._unflushed = flush_bytes or FLUSH_BYTES, 0
+        # writes in progress, counted so that the file is closed only once none is (a late write to a
+        # closed descriptor could land in whatever file reuses its number)
+        self._state = threading.Condition()
+        self._writing, self._closed = 0, False
+        self._flusher = ThreadPoolExecutor(1, thread_name_prefix="unweight-flush")
+        self._flushing: Future | None = None
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        try:
+            self._pwrite(struct.pack("<Q", len(header)) + header, 0)
+        except BaseException:
+            self.abort()
+            raise
+
+    def write(self, name: str, offset: int, data: np.ndarray) -> None:
+        """Write `data` (bytes of any dtype) at byte `offset` of tensor `name`."""
+        view = memoryview(np.ascontiguousarray(data)).cast("B")
+        if not 0 <= offset <= offset + view.nbytes <= self.sizes[name]:
+            raise ValueError(f"{self.path}: bytes [{offset}, {offset + view.nbytes}) lie outside tensor {name!r} "
+                             f"of {self.sizes[name]} bytes")
+        with self._state:
+            if self._closed:
+                raise OSError(f"{self.path}: written to after it was closed")
+            self._writing += 1
+        try:
+            self._pwrite(view, self.starts[name] + offset)
+        finally:
+            with self._state:
+                self._writing -= 1
+                self._state.notify_all()
+        with self._state:
+            self.written += view.nbytes
+            self._unflushed += view.nbytes
+            if self._unflushed >= self.flush_bytes and (self._flushing is None or self._flushing.done()):
+                self._unflushed = 0
+                self._flushing = self._flusher.submit(os.fdatasync, self._fd)
+
+    def close(self) -> None:
+        """Check that every byte was written, then fsync and close."""
+        try:
+            self._stop()
+            if self._flushing is not None:
+                self._flushing.result()
+            if self.written != self.data_bytes:
+                raise OSError(f"{self.path}: {self.written} bytes of tensor data written, expected {self.data_bytes}")
+            os.fsync(self._fd)
+        finally:
+            os.close(self._fd)
+
+    def abort(self) -> None:
+        """Close without the checks (the file is left incomplete), once the writes under way are done."""
+        self._stop()
+        os.close(self._fd)
+
+    def _stop(self) -> None:
+        with self._state:
+            self._closed = True
+            self._state.wait_for(lambda: self._writing == 0)
+        self._flusher.shutdown(wait=True)
+
+    def _pwrite(self, data, position: int) -> None:
+        view = memoryview(data).cast("B")
+        while view.nbytes:
+            n = os.pwrite(self._fd, view, position)
+            view, position = view[n:], position + n
