@@ -304,11 +304,11 @@ def sweep_configs(kd, quick: bool) -> list:
     # (the ballot needs it); 1-warp programs are capped at 32 resident per SM (half the warps)
     for rows in (4, 2, 8, 1, 16):
         for table in (glob, prefix):
-            configs.append(c(rows, rows, ballot, table, True, 4))
-    configs += [c(rows, rows, ballot, glob, True, 4, window=True) for rows in (4, 16, 1, 8)]
+            configs.append(c(rows, rows, ballot, table, True, 4, window=True))
+    configs += [c(rows, rows, ballot, glob, True, 4, window=False) for rows in (16, 4, 1)]
     configs += [c(4, 4, ballot, shuf, True, 4), c(4, 4, ballot, glob, True, 2), c(4, 4, ballot, glob, False, 4),
-                c(4, 4, ballot, glob, True, 4, chains=2), c(4, 4, scan, glob, True, 4),
-                c(4, 4, scan, glob, True, 4, window=True)]
+                c(4, 4, ballot, glob, True, 4, chains=2), c(4, 4, scan, glob, True, 4, window=True),
+                c(4, 4, scan, glob, True, 4, window=False)]
     unique = list(dict.fromkeys(configs))
     return unique[:4] if quick else unique
 
