@@ -96,18 +96,10 @@ def compress(src: str | Path, dst: str | Path, *, force: bool = False, verify: b
     return report
 
 
-
-
-
-
 def _check_destination(source: SourceCheckpoint, dst: Path, force: bool) -> None:
     root = source.root.resolve()
     if not source.single_file and (dst.resolve() == root or root in dst.resolve().parents):
         raise DestinationError(f"{dst}: the output may not be inside the source checkpoint {root}")
-
-
-
-
 
 
 @dataclass
