@@ -1,8 +1,9 @@
-"""benchmarks/engine_throughput.py runs end to end on the CPU with a toy model."""
+"""benchmarks/engine_throughput.py and benchmarks/gemv.py run end to end on the CPU (a toy model; the interpreter)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -54,3 +55,21 @@ def test_throughput_benchmark_packs_and_compares_compressed_weights(tmp_path):
     assert statuses["compressed == dense, batch 5 padded to 8"] == "PASS" and summary["checks_passed"]
     assert "Self-check (3 passed, 0 failed, 2 skipped): all passed." in result.stdout
     assert not any((tmp_path / "scratch").iterdir())  # the saved and packed checkpoints are removed
+
+
+GEMV_SCRIPT = SCRIPT.with_name("gemv.py")
+
+
+@pytest.mark.slow
+def test_gemv_benchmark_checks_and_times_the_kernel_under_interpreter(tmp_path):
+    out = tmp_path / "gemv.json"
+    result = subprocess.run(
+        [sys.executable, str(GEMV_SCRIPT), "--quick", "--device", "cpu", "--json", str(out),
+         "--out-md", str(tmp_path / "BENCHMARKS.md")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "TRITON_INTERPRET": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(out.read_text())["results"]
+    assert [c["name"] for c in results["cases"]] == ["qkv_proj", "down_proj"]
+    assert all(c["triton_ms"] > 0 and c["torch_ms"] > 0 and len(c["sweep_ms"]) == 2 for c in results["cases"])
+    assert "Batch-1 linear layers" in (tmp_path / "BENCHMARKS.md").read_text()
