@@ -53,21 +53,17 @@ ZSTD_LEVEL = 3
 
 @dataclass
 class EncodedTensor:
-    encoding: str
-    parts: dict[str, list[np.ndarray]]  # role -> uint8 pieces, in stream order (written back to back)
+    """One float tensor coded in memory by `encode_float` (compress writes into shards instead)."""
+
+    streams: dict[str, np.ndarray]  # role -> uint8 stream ("words", "index", "raw")
     sha256: str
-    steps: int = 0
-    code_lengths: np.ndarray | None = None
-    entropy_bits: float = 0.0
+    steps: int
+    code_lengths: np.ndarray
+    entropy_bits: float
 
     @property
     def packed_bytes(self) -> int:
-        return sum(a.size for pieces in self.parts.values() for a in pieces)
-
-    @property
-    def streams(self) -> dict[str, np.ndarray]:
-        """Each stream as one contiguous array (a copy when it has several pieces)."""
-        return {role: pieces[0] if len(pieces) == 1 else np.concatenate(pieces) for role, pieces in self.parts.items()}
+        return sum(a.size for a in self.streams.values())
 
 
 class Code:
@@ -291,8 +287,7 @@ def encode_float(dtype: str, numel: int, read: ReadRange, steps: int = DEFAULT_S
             streams[role][offset : offset + data.size] = data
 
         [sha256] = encoder.code([TensorJob(plan, read, write, where)], verify, consume).result()
-    return EncodedTensor("lanes", {role: [a] for role, a in streams.items()}, sha256, steps, plan.code_lengths,
-                         plan.entropy_bits)
+    return EncodedTensor(streams, sha256, steps, plan.code_lengths, plan.entropy_bits)
 
 
 def _zstd(data: np.ndarray) -> np.ndarray:
