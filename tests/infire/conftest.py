@@ -54,6 +54,16 @@ def build_tiny_model(directory: Path, variant: str, dtype: torch.dtype = torch.f
     return directory
 
 
+def build_packed_tiny_model(factory, num_hidden_layers: int) -> tuple[Path, Path]:
+    """A bf16 tiny Llama of `num_hidden_layers` layers and its packed form (for a module-scoped fixture)."""
+    import unweight
+
+    plain = build_tiny_model(factory.mktemp("bf16"), "llama", dtype=torch.bfloat16, num_hidden_layers=num_hidden_layers)
+    packed = factory.mktemp("packed") / "model"
+    unweight.compress(plain, packed)
+    return plain, packed
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """tiny_model_dir(variant) -> path of a saved fp32 random model (built once per session)."""

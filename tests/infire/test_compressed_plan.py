@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ..triton_interpreter import interpreted
-from .conftest import build_tiny_model, make_engine
+from .conftest import build_packed_tiny_model, make_engine
 
 PROMPT = [5, 17, 99, 3, 250, 42, 7]
 
@@ -23,12 +23,7 @@ decode = interpreted("unweight.kernels.decode", "_decode_many_kernel")
 @pytest.fixture(scope="module")
 def packed_bf16(tmp_path_factory):
     """A 2-layer bf16 tiny Llama (one layer per buffer set) and its packed form."""
-    import unweight
-
-    plain = build_tiny_model(tmp_path_factory.mktemp("bf16"), "llama", dtype=torch.bfloat16, num_hidden_layers=2)
-    packed = tmp_path_factory.mktemp("packed") / "model"
-    unweight.compress(plain, packed)
-    return plain, packed
+    return build_packed_tiny_model(tmp_path_factory, 2)
 
 
 @pytest.mark.slow  # the interpreter takes most of a minute

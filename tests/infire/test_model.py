@@ -13,7 +13,7 @@ import torch
 from infire.errors import ConfigError, ModelLoadError, UnsupportedArchitectureError
 from infire.model.config import ARCHITECTURES, ModelConfig, parse_model_config
 
-from .conftest import VARIANTS, build_tiny_model, hf_greedy, hf_model, make_engine
+from .conftest import VARIANTS, build_packed_tiny_model, hf_greedy, hf_model, make_engine
 
 PROMPT = [5, 17, 99, 3, 250, 42, 7, 7, 128, 64, 1, 33, 200]
 
@@ -137,12 +137,7 @@ def test_compressed_needs_packed_checkpoint(llama_dir):
 @pytest.fixture(scope="module")
 def packed_bf16(tmp_path_factory):
     """A 6-layer bf16 tiny Llama and its packed form."""
-    import unweight
-
-    plain = build_tiny_model(tmp_path_factory.mktemp("bf16"), "llama", dtype=torch.bfloat16, num_hidden_layers=6)
-    packed = tmp_path_factory.mktemp("packed") / "model"
-    unweight.compress(plain, packed)
-    return plain, packed
+    return build_packed_tiny_model(tmp_path_factory, 6)
 
 
 def test_compressed_weights_are_bit_exact_and_smaller(packed_bf16):
