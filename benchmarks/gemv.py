@@ -102,7 +102,6 @@ def main(argv=None) -> int:
         rows.append([f"{name} {n}x{k}", f"{torch_ms * 1e3:,.1f}", f"{gb / torch_ms * 1e3:,.0f}",
                      f"{default_ms * 1e3:,.1f}", f"{gb / default_ms * 1e3:,.0f}",
                      f"{gb / default_ms * 1e3 / bandwidth:.0%}", f"{tile_name(best)}: {timed[best] * 1e3:,.1f}"])
-        del w
     results["layer_and_head_ms"] = totals
     table = markdown_table(["weights (x: 1 row)", "cuBLAS (us)", "cuBLAS GB/s", "Triton (us)", "Triton GB/s",
                             "Triton of copy bandwidth", "fastest tile: us"], rows)
