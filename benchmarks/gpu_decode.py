@@ -39,7 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from unweight.codec.tensor import encode_float  # noqa: E402
+from unweight.codec.tensor import choose_steps, encode_float  # noqa: E402
 from unweight.packed import PackedTensor  # noqa: E402
 
 TORCH_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
@@ -120,6 +120,7 @@ class Case:
     reference: torch.Tensor         # CPU reference decoder's output, on the device
     encode_s: float
     reference_ok: bool
+    group: int = 1
 
     @property
     def numel(self) -> int:
@@ -135,7 +136,7 @@ class Case:
 
     def item(self, kd, out: torch.Tensor, start: int = 0):
         return kd.DecodeItem(self.streams["words"], self.streams["index"], self.table, self.streams["raw"], out,
-                             self.numel, self.steps, self.dtype, start)
+                             self.numel, self.steps, self.dtype, start, self.group)
 
 
 def random_normal(shape, dtype: str, device, seed: int) -> torch.Tensor:
@@ -143,21 +144,24 @@ def random_normal(shape, dtype: str, device, seed: int) -> torch.Tensor:
     return (torch.randn(shape, generator=gen, device=device, dtype=torch.float32) * STD).to(TORCH_DTYPES[dtype])
 
 
-def encode_case(name: str, original: torch.Tensor, steps: int) -> Case:
-    """Encode on the CPU (the production encoder) and decode back with the CPU reference decoder."""
+def encode_case(name: str, original: torch.Tensor, steps: int, group: int = 0) -> Case:
+    """Encode on the CPU (the production encoder) and decode back with the CPU reference decoder.
+    steps 0: the library's choice for the tensor's size; group 0: the library's choice for its dtype."""
     dtype = {v: k for k, v in TORCH_DTYPES.items()}[original.dtype]
     host = original.contiguous().cpu().view(torch.uint8).reshape(-1).numpy()
+    steps = steps or choose_steps(original.numel())
     t0 = time.perf_counter()
-    enc = encode_float(dtype, original.numel(), lambda a, b: host[a:b], steps=steps, where=name)
+    enc = encode_float(dtype, original.numel(), lambda a, b: host[a:b], steps=steps, where=name, group=group)
     encode_s = time.perf_counter() - t0
     streams = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in enc.streams.items()}
-    packed = PackedTensor(name, dtype, tuple(original.shape), "lanes", streams, steps, enc.code_lengths)
+    packed = PackedTensor(name, dtype, tuple(original.shape), "lanes", streams, steps, enc.code_lengths,
+                          group=enc.group)
     reference = packed.decode(backend="cpu")
     view = INT_VIEWS[original.element_size()]
     ok = torch.equal(reference.view(view), original.cpu().view(view))
     device = original.device
     return Case(name, dtype, tuple(original.shape), steps, original, {k: v.to(device) for k, v in streams.items()},
-                packed.decode_table(device), reference.to(device), encode_s, ok)
+                packed.decode_table(device), reference.to(device), encode_s, ok, enc.group)
 
 
 # ----------------------------------------------------------------------------- results
@@ -193,7 +197,7 @@ class Bench:
         self.copy_gbs: float | None = None
         self.t0 = time.perf_counter()
         # steps of the main tensor (the full variant sweep runs on it); the interpreter needs short lanes
-        self.steps = (args.main_steps or 1024) if device.type == "cuda" else 8
+        self.steps = (args.main_steps or choose_steps(MAIN_SHAPE[0] * MAIN_SHAPE[1])) if device.type == "cuda" else 8
         self.main_name = ""
         self.configs_by_name: dict = {}
         self.minilm = args.minilm
@@ -224,9 +228,9 @@ class Bench:
 def variant_name(cfg) -> str:
     prefix = "ballot" if cfg.prefix == 1 else "scan"
     table = {0: "global", 1: "shuffle", 2: "prefix"}[cfg.table]
-    chains = f"/c{cfg.chains}" if cfg.chains > 1 else ""
-    window = "/win" if getattr(cfg, "window", False) else ""
-    return (f"{prefix}/{table}/r{cfg.rows}w{cfg.num_warps}/u{cfg.unroll}{chains}{window}/"
+    window = "/win" if cfg.window else ""
+    scalar = "" if cfg.vector else "/scalar"
+    return (f"{prefix}/{table}/r{cfg.rows}w{cfg.num_warps}/u{cfg.unroll}{window}{scalar}/"
             f"{'pf' if cfg.prefetch else 'nopf'}")
 
 
@@ -259,7 +263,7 @@ def decode_case(bench: Bench, case: Case, cfg, start: int = 0, stop: int | None 
         out = poisoned(count, case.original.dtype, bench.device)
         item = case.item(kd, out, start)
         kd.launch_decode(item, cfg)
-        used = kd.effective_config(cfg, bench.device, case.dtype)
+        used = kd.effective_config(cfg, bench.device)
         variant = variant_name(used) + ("" if used == cfg else f" (asked {variant_name(cfg)})")
         ref = case.reference.reshape(-1)[start:stop]
         bad = first_mismatch(out, ref)
@@ -271,7 +275,8 @@ def decode_case(bench: Bench, case: Case, cfg, start: int = 0, stop: int | None 
             return Result(name, variant, count, out_bytes, read_bytes, "FAIL", detail="after timing: " + bad)
         host = bench.timer.host_us(lambda: kd.launch_decode(item, used), calls=20)
         return Result(name, variant, count, out_bytes, read_bytes, "ok", ms, host,
-                      extra={"steps": case.steps, "packed_ratio": case.packed_bytes / (case.numel * case.width)})
+                      extra={"steps": case.steps, "group": case.group, "vector": item.can_vector(),
+                             "packed_ratio": case.packed_bytes / (case.numel * case.width)})
 
     return bench.guarded(name, variant_name(cfg), count, out_bytes, read_bytes, run)
 
@@ -307,7 +312,7 @@ def sweep_configs(kd, quick: bool) -> list:
             configs.append(c(rows, rows, ballot, table, True, 4, window=True))
     configs += [c(rows, rows, ballot, glob, True, 4, window=False) for rows in (16, 4, 1)]
     configs += [c(4, 4, ballot, shuf, True, 4), c(4, 4, ballot, glob, True, 2), c(4, 4, ballot, glob, False, 4),
-                c(4, 4, ballot, glob, True, 4, chains=2), c(4, 4, scan, glob, True, 4, window=True),
+                c(16, 16, ballot, glob, True, 4, vector=False), c(4, 4, scan, glob, True, 4, window=True),
                 c(4, 4, scan, glob, True, 4, window=False)]
     unique = list(dict.fromkeys(configs))
     return unique[:4] if quick else unique
@@ -352,6 +357,18 @@ def stage_main(bench: Bench, configs: list, shape) -> Case | None:
         for cfg in best_configs(bench, main.name) or [bench.kd.DEFAULT_CONFIG]:
             decode_case(bench, case, cfg)
         del case
+    for group in (bench.args.group_sweep or []):
+        if group == main.group or bench.over_budget():
+            continue
+        try:
+            case = encode_case(f"bf16 {shape[0]}x{shape[1]} steps={bench.steps} group={group}", main.original,
+                               bench.steps, group)
+        except Exception as e:  # noqa: BLE001
+            bench.notes.append(f"group={group}: encoding failed: {e}")
+            continue
+        _note_reference(bench, case)
+        decode_case(bench, case, bench.kd.DEFAULT_CONFIG)
+        del case
     return main
 
 
@@ -369,7 +386,8 @@ def stage_layer(bench: Bench, cfg, scale: int, steps: int, full: bool = True) ->
     for k, (name, (rows, cols)) in enumerate(LLAMA_8B_LAYER.items()):
         try:
             original = random_normal((rows // scale, cols // scale), "BF16", bench.device, seed=10 + k)
-            cases.append(encode_case(f"8B {name} {rows // scale}x{cols // scale} steps={steps}", original, steps))
+            chosen = steps or choose_steps(original.numel())
+            cases.append(encode_case(f"8B {name} {rows // scale}x{cols // scale} steps={chosen}", original, chosen))
         except Exception as e:  # noqa: BLE001
             bench.notes.append(f"layer matrix {name} could not be prepared: {e}")
     if full:
@@ -377,7 +395,7 @@ def stage_layer(bench: Bench, cfg, scale: int, steps: int, full: bool = True) ->
             decode_case(bench, case, cfg)
     if len(cases) != len(LLAMA_8B_LAYER):
         return
-    layer_costs(bench, cases, cfg, f"8B layer (7 matrices) steps={steps}")
+    layer_costs(bench, cases, cfg, f"8B layer (7 matrices) steps={steps or 'as compress picks them'}")
     if full:
         gate = cases[4]
         half = gate.shape[0] // 2 * gate.shape[1]
@@ -626,11 +644,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also write the table as a section of this markdown file (e.g. BENCHMARKS.md)")
     p.add_argument("--budget-s", type=float, default=360.0, help="stop sweeping variants after this many seconds")
     p.add_argument("--main-steps", type=int, default=None,
-                   help="steps of the main tensor, on which every kernel variant is timed (default 1024)")
+                   help="steps of the main tensor, on which every kernel variant is timed (default: what "
+                        "compress picks for its size, 512)")
     p.add_argument("--steps-sweep", type=int, nargs="*", default=[256, 512],
                    help="other values of steps to encode the main tensor with (best two variants each)")
-    p.add_argument("--layer-steps", type=int, nargs="*", default=[512, 256],
-                   help="other values of steps to time the whole 8B layer with (batched launch and matmuls)")
+    p.add_argument("--layer-steps", type=int, nargs="*", default=[0, 256],
+                   help="other values of steps to time the whole 8B layer with (batched launch and matmuls); "
+                        "0: each matrix at the steps compress picks for its size")
+    p.add_argument("--group-sweep", type=int, nargs="*", default=[1, 4],
+                   help="also decode the main tensor coded with these groups (runs of neighbours a lane)")
     p.add_argument("--skip", nargs="*", default=[], choices=["layer", "layer-steps", "dtypes", "minilm"],
                    help="stages to skip")
     return p.parse_args(argv)
@@ -653,7 +675,7 @@ def main(argv=None) -> int:
     configs = sweep_configs(kd, args.quick)
     bench.configs_by_name = {variant_name(c): c for c in configs}
     for c in configs:
-        used = kd.effective_config(c, device, "BF16")
+        used = kd.effective_config(c, device)
         bench.configs_by_name.setdefault(variant_name(used), used)
     main_shape = MAIN_SHAPE if not args.quick else ((1024, 1024) if device.type == "cuda" else (64, 512))
     scale = 1 if not args.quick else (8 if device.type == "cuda" else 64)

@@ -4,7 +4,7 @@ Run under Nsight Compute to see what limits the kernel (stall reasons, occupancy
 
     ncu --clock-control none -k regex:decode_lanes --launch-skip 2 --launch-count 1 \\
         --section SpeedOfLight --section Occupancy --section WarpStateStats --section MemoryWorkloadAnalysis \\
-        python benchmarks/gpu_decode_profile.py --steps 512 --chains 1
+        python benchmarks/gpu_decode_profile.py --steps 512 --group 4
 """
 
 from __future__ import annotations
@@ -22,24 +22,24 @@ from unweight.packed import PackedTensor
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=512)
-    p.add_argument("--chains", type=int, default=1)
+    p.add_argument("--group", type=int, default=0, help="runs of neighbours a lane (0: what compress picks)")
     p.add_argument("--table", type=int, default=kd.DEFAULT_CONFIG.table)
     p.add_argument("--launches", type=int, default=4)
     args = p.parse_args()
     weights = (torch.randn(8192, 8192, device="cuda") * 0.02).to(torch.bfloat16)
     data = weights.view(torch.uint8).reshape(-1).cpu().numpy()
-    enc = encode_float("BF16", weights.numel(), lambda a, b: data[a:b], steps=args.steps)
+    enc = encode_float("BF16", weights.numel(), lambda a, b: data[a:b], steps=args.steps, group=args.group)
     packed = PackedTensor("w", "BF16", tuple(weights.shape), "lanes",
                           {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in enc.streams.items()},
-                          args.steps, enc.code_lengths).to("cuda")
+                          args.steps, enc.code_lengths, group=enc.group).to("cuda")
     out = torch.empty_like(weights)
-    config = kd.DecodeConfig(chains=args.chains, table=args.table)
+    config = kd.DecodeConfig(table=args.table)
     item = kd.DecodeItem.from_packed(packed, out.view(-1))
     for _ in range(args.launches):
         kd.launch_decode(item, config)
     torch.cuda.synchronize()
     ok = torch.equal(out.view(torch.int16), weights.view(torch.int16))
-    print(f"steps={args.steps} chains={args.chains} table={args.table}: bit-exact={ok}")
+    print(f"steps={args.steps} group={enc.group} table={args.table}: bit-exact={ok}")
 
 
 if __name__ == "__main__":

@@ -291,7 +291,7 @@ def _shard_writer(writer: U8TensorWriter, spans: dict[str, list[int]]) -> Callab
 def _record(entry: TensorEntry, plan: TensorPlan, sha256: str, shard: str, spans: dict[str, list[int]]) -> TensorRecord:
     return TensorRecord(
         name=entry.name, dtype=entry.dtype, shape=list(entry.shape), sha256=sha256,
-        encoding=plan.encoding, shard=shard, spans=spans, steps=plan.steps,
+        encoding=plan.encoding, shard=shard, spans=spans, steps=plan.steps, group=plan.group,
         entropy_bits=round(plan.entropy_bits, 6), **_trimmed_lengths(plan.code_lengths))
 
 

@@ -37,6 +37,7 @@ class PackedTensor:
     streams: dict[str, torch.Tensor]    # role -> uint8 tensor
     steps: int = 0
     code_lengths: np.ndarray | None = None
+    group: int = 1                      # lanes: neighbouring weights a lane holds in a run
     _tables: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -108,7 +109,7 @@ class PackedTensor:
         from .kernels.decode import decode_lanes  # lazy: Triton is optional
         with torch.cuda.stream(stream) if stream is not None else _nullcontext():
             decode_lanes(self.streams["words"], self.streams["index"], self.decode_table(out.device),
-                         self.streams["raw"], out, numel_total=self.numel, steps=self.steps,
+                         self.streams["raw"], out, numel_total=self.numel, steps=self.steps, group=self.group,
                          dtype=self.dtype, start=start)
 
     def _decode_cpu_into(self, out: torch.Tensor, start: int) -> None:
@@ -120,7 +121,7 @@ class PackedTensor:
                           self.streams["index"].cpu().numpy().view(np.int64),
                           huffman.decode_table(self.code_lengths), self.streams["raw"].cpu().numpy(),
                           self.numel, self.steps, bits.view(np.uint16 if layout.width == 2 else np.uint32),
-                          lo=start, where=f"tensor {self.name!r}")
+                          lo=start, where=f"tensor {self.name!r}", group=self.group)
         if target is not out:
             out.copy_(target)
 

@@ -57,7 +57,8 @@ class PackedReader:
                 raise CorruptDataError(f"{where}: its {role} stream [{begin}, {end}) is missing from the shard")
             streams[role] = torch.from_numpy(read_range(header, entry, begin, end))
         lengths = _code_lengths(rec, where) if rec.encoding == "lanes" else None
-        packed = PackedTensor(name, rec.dtype, tuple(rec.shape), rec.encoding, streams, rec.steps, lengths)
+        packed = PackedTensor(name, rec.dtype, tuple(rec.shape), rec.encoding, streams, rec.steps, lengths,
+                              group=rec.group)
         _check_streams(packed, where)
         return packed
 
@@ -161,6 +162,8 @@ def _check_streams(p: PackedTensor, where: str) -> None:
         return
     if p.dtype not in floats.LAYOUTS or not 1 <= p.steps <= MAX_STEPS:
         raise CorruptDataError(f"{where}: invalid coded dtype {p.dtype} or steps {p.steps}")
+    if p.group not in lanes.GROUPS or p.steps % p.group:
+        raise CorruptDataError(f"{where}: invalid group {p.group!r} (one of {lanes.GROUPS}, dividing steps {p.steps})")
     huffman.check_lengths(p.code_lengths, where)
     raw, words, index = p.streams["raw"], p.streams["words"], p.streams["index"]
     num_blocks = math.ceil(p.numel / (lanes.LANES * p.steps))

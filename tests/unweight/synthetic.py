@@ -28,10 +28,11 @@ def small_state(seed: int = 0) -> dict[str, torch.Tensor]:
     }
 
 
-def pack(t: torch.Tensor, steps: int = 8) -> PackedTensor:
-    """A float tensor encoded in memory (verified while encoding), as the reader would return it."""
+def pack(t: torch.Tensor, steps: int = 8, group: int = 0) -> PackedTensor:
+    """A float tensor encoded in memory (verified while encoding), as the reader would return it;
+    `group` 0 takes the encoder's choice for its dtype."""
     dtype = DTYPE_NAMES[t.dtype]
     data = t.contiguous().view(torch.uint8).reshape(-1).numpy()
-    enc = encode_float(dtype, t.numel(), lambda a, b: data[a:b], steps=steps)
+    enc = encode_float(dtype, t.numel(), lambda a, b: data[a:b], steps=steps, group=group)
     streams = {k: torch.from_numpy(v.copy()) for k, v in enc.streams.items()}
-    return PackedTensor("t", dtype, tuple(t.shape), "lanes", streams, steps, enc.code_lengths)
+    return PackedTensor("t", dtype, tuple(t.shape), "lanes", streams, steps, enc.code_lengths, group=enc.group)

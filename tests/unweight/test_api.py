@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 import unweight
 from unweight.decompress import decompress
-from unweight.errors import DestinationError
+from unweight.errors import CorruptDataError, DestinationError, FormatError
 from unweight.inspect import inspect
 from unweight.verify import verify
 
@@ -130,3 +130,37 @@ def test_hub_repo_id_from_local_cache(checkpoint, tmp_path, monkeypatch):
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     unweight.compress("acme/tiny", tmp_path / "packed")
     verify(tmp_path / "packed", against=checkpoint)
+
+
+def test_version_1_checkpoints_are_still_read(checkpoint, tmp_path):
+    """Format version 1 had no runs (every tensor group 1): such a checkpoint loads and verifies."""
+    unweight.compress(checkpoint, tmp_path / "packed", steps=9)  # 9: no run length divides it, group 1
+    path = tmp_path / "packed" / "unweight.json"
+    manifest = json.loads(path.read_text())
+    assert manifest["format_version"] == 2
+    assert {t["group"] for t in manifest["tensors"].values()} == {1}
+    manifest["format_version"] = 1
+    for record in manifest["tensors"].values():
+        del record["group"]
+    path.write_text(json.dumps(manifest))
+    assert_same_tensors(unweight.load(tmp_path / "packed"), load_file(checkpoint / "model.safetensors"))
+    report = verify(tmp_path / "packed", against=checkpoint)
+    assert report.checked == len(load_file(checkpoint / "model.safetensors")) and not report.mismatches
+
+
+def test_group_fields_are_checked(checkpoint, tmp_path):
+    unweight.compress(checkpoint, tmp_path / "packed")
+    path = tmp_path / "packed" / "unweight.json"
+    manifest = json.loads(path.read_text())
+    assert {t["group"] for t in manifest["tensors"].values() if t["encoding"] == "lanes"} >= {4}
+    name = next(n for n, t in manifest["tensors"].items() if t["group"] == 4)
+    bad = json.loads(json.dumps(manifest))
+    bad["format_version"] = 1  # a version-1 manifest cannot have runs
+    path.write_text(json.dumps(bad))
+    with pytest.raises(FormatError, match="version-1 manifest with version-2 fields"):
+        unweight.load(tmp_path / "packed")
+    bad = json.loads(json.dumps(manifest))
+    bad["tensors"][name]["group"] = 3
+    path.write_text(json.dumps(bad))
+    with pytest.raises(CorruptDataError, match="invalid group 3"):
+        unweight.load(tmp_path / "packed")

@@ -108,7 +108,7 @@ def test_truncated_stream_is_detected():
     index[-1] -= 1
     broken = PackedTensor("t", "BF16", p.shape, "lanes",
                           {**p.streams, "words": cut, "index": torch.from_numpy(index.view(np.uint8))},
-                          p.steps, p.code_lengths)
+                          p.steps, p.code_lengths, group=p.group)
     with pytest.raises(CorruptDataError, match="block"):
         broken.decode(backend="cpu")
 
@@ -180,9 +180,37 @@ def test_check_finds_a_wrong_weight():
     expected = bits(t).numpy().view(np.uint16)
     args = (p.streams["words"].numpy().view(np.uint16), p.streams["index"].numpy().view(np.int64),
             huffman.decode_table(p.code_lengths), p.streams["raw"].numpy(), t.numel(), 8)
-    lanes.decode_into(*args, expected.copy(), check=True)
+    lanes.decode_into(*args, expected.copy(), check=True, group=p.group)
     for at in (5, 32 * 8 + 100, t.numel() - 1):
         wrong = expected.copy()
         wrong[at] ^= 1
         with pytest.raises(VerificationError, match=f"block {at // (32 * 8)} "):
-            lanes.decode_into(*args, wrong, check=True, parallel=at % 2 == 0)
+            lanes.decode_into(*args, wrong, check=True, parallel=at % 2 == 0, group=p.group)
+
+
+@pytest.mark.parametrize("group", [2, 4])
+def test_runs_of_neighbours_are_the_group_1_layout_of_reordered_symbols(group):
+    """Group g: lane j's k-th symbol is symbol (k // g) * 32g + j * g + k % g of the block, i.e. the
+    group-1 layout of the symbols reordered so; a last block that is not whole runs keeps group 1."""
+    rng = np.random.default_rng(group)
+    steps, blocks = 8, 3
+    sym = rng.geometric(0.4, 32 * steps * blocks + 40).clip(1, 255).astype(np.uint8)
+    lengths = huffman.code_lengths(huffman.histogram(sym))
+    codes = huffman.canonical_codes(lengths)
+    whole = 32 * steps * blocks
+    order = np.arange(whole).reshape(-1, 32, group).transpose(0, 2, 1).reshape(-1)
+    reordered = np.concatenate([sym[:whole][order], sym[whole:]])
+    words, index = lanes.encode(sym, codes, lengths, steps, group=group)
+    expected_words, expected_index = lanes.encode(reordered, codes, lengths, steps, group=1)
+    assert np.array_equal(words, expected_words) and np.array_equal(index, expected_index)
+    assert np.array_equal(lanes.block_index(sym, lengths, steps, group=group), index)
+    out = np.zeros(sym.size, dtype=np.uint16)
+    raw = np.zeros(sym.size, dtype=np.uint8)
+    lanes.decode_into(words, index, huffman.decode_table(lengths), raw, sym.size, steps, out, group=group)
+    assert np.array_equal(out >> 7, sym)
+
+
+def test_group_must_divide_steps():
+    lengths = huffman.code_lengths(huffman.histogram(np.arange(64, dtype=np.uint8)))
+    with pytest.raises(ValueError, match="group 2 with steps 7"):
+        lanes.encode(np.arange(64, dtype=np.uint8), huffman.canonical_codes(lengths), lengths, 7, group=2)

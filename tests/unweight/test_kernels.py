@@ -54,7 +54,7 @@ def decode_range(p: PackedTensor, start: int, stop: int, config=None, margin: in
     out = buf[margin : margin + stop - start]
     if config is None:
         decode.decode_lanes(p.streams["words"], p.streams["index"], p.decode_table(out.device), p.streams["raw"],
-                            out, numel_total=p.numel, steps=p.steps, dtype=p.dtype, start=start)
+                            out, numel_total=p.numel, steps=p.steps, dtype=p.dtype, start=start, group=p.group)
     else:
         decode.launch_decode(item(p, out, start), config)
     edge = poisoned(margin, p.torch_dtype)
@@ -146,13 +146,13 @@ def test_decode_into_row_ranges_through_packed_tensor(rows):
     dict(rows=2, num_warps=2, table=decode.TABLE_SHUFFLE, unroll=4),
     dict(rows=1, num_warps=1, table=decode.TABLE_GLOBAL, unroll=4),
     dict(rows=1, num_warps=1, table=decode.TABLE_PREFIX, unroll=2),
-    dict(rows=1, num_warps=1, table=decode.TABLE_PREFIX, unroll=4, chains=2),
-    dict(rows=4, num_warps=4, unroll=2, chains=2),
+    dict(rows=1, num_warps=1, table=decode.TABLE_PREFIX, unroll=4),
+    dict(rows=4, num_warps=4, unroll=2, window=False),
     dict(rows=4, num_warps=4, unroll=4, window=True),
     dict(rows=1, num_warps=1, unroll=1, window=True),
-    dict(rows=2, num_warps=2, unroll=2, chains=2, window=True),
+    dict(rows=2, num_warps=2, unroll=2, vector=False),
 ], ids=["rows1-unroll1", "rows8-unroll4", "shuffle-unroll2", "shuffle-unroll4", "global-unroll4", "prefix-unroll2",
-        "two-chains", "two-chains-rows4", "window-rows4", "window-unroll1", "window-two-chains"])
+        "prefix-unroll4", "no-window-rows4", "window-rows4", "window-unroll1", "scalar-runs"])
 def test_kernel_variants_agree(config):
     # the interpreter runs a configuration as given only without inline PTX (scan prefix, no prefetch)
     config = decode.DecodeConfig(prefix=decode.PREFIX_SCAN, prefetch=False, **config)
@@ -161,6 +161,24 @@ def test_kernel_variants_agree(config):
         p = pack((torch.randn(700, generator=torch.Generator().manual_seed(5)) * 0.02).to(torch.float16), steps)
         assert_matches_cpu(p, config=config)
         assert_matches_cpu(p, 90, 500, config=config)
+
+
+@pytest.mark.parametrize("group", [1, 2, 4])
+@pytest.mark.parametrize("dtype", ["BF16", "F32"])
+def test_every_group_decodes_whole_blocks_and_ranges(group, dtype):
+    """Lanes holding runs of `group` neighbours: whole blocks of 16-bit weights in aligned buffers take
+    the vector path (one raw load and one store a run), the rest the per-weight stores; a last,
+    partial block (group 1 in the format) and ranges inside blocks the masked path."""
+    t = (torch.randn(32 * 8 * 3 + 40, generator=torch.Generator().manual_seed(9)) * 0.02).to(DTYPES[dtype])
+    p = pack(t, steps=8, group=group)
+    assert p.group == group
+    config = decode.DecodeConfig(rows=2, num_warps=2, prefix=decode.PREFIX_SCAN, prefetch=False)
+    for start, stop, margin in ((0, t.numel(), 0), (0, 32 * 8 * 2, 8), (64, 32 * 8 * 2, 8), (37, 601, 3)):
+        aligned = (margin - start) % group == 0
+        buf = poisoned(stop - start, t.dtype, margin)
+        assert item(p, buf[margin : margin + stop - start], start).can_vector() == (
+            group > 1 and dtype == "BF16" and aligned)
+        assert torch.equal(bits(decode_range(p, start, stop, config, margin)), bits(t[start:stop]))
 
 
 @pytest.mark.parametrize("table", [decode.TABLE_SHUFFLE, decode.TABLE_PREFIX], ids=["shuffle", "prefix"])
@@ -189,6 +207,24 @@ def test_plan_decodes_many_items_in_one_launch_per_width():
     assert len(plan.configs()) == 2  # one launch for 16-bit outputs, one for fp32
 
 
+def test_plan_splits_partial_blocks_from_whole_ones_and_writes_only_the_range():
+    """A plan decodes an item's whole blocks in tiles of their own (no masks; a tile's rows past the
+    last block follow its first row and store nothing) and its partial first and last blocks apart."""
+    t = (torch.randn(32 * 8 * 5 + 100, generator=torch.Generator().manual_seed(8)) * 0.02).to(torch.bfloat16)
+    p = pack(t, steps=8)
+    config = decode.DecodeConfig(rows=4, num_warps=4, prefix=decode.PREFIX_SCAN, prefetch=False)
+    for start, stop in ((0, t.numel()), (100, 32 * 8 * 4 + 3), (256, 32 * 8 * 4)):
+        whole = [piece for piece in item(p, t[start:stop].clone(), start).pieces()
+                 if piece.start % 256 == 0 and piece.out.numel() % 256 == 0]
+        assert len(whole) == 1  # one piece of whole blocks between the partial ones
+        buf = poisoned(stop - start, t.dtype, margin=4)
+        plan = decode.DecodePlan([item(p, buf[4:-4], start)], config)
+        plan.launch()
+        assert torch.equal(bits(buf[4:-4]), bits(t[start:stop]))
+        assert torch.equal(bits(buf[:4]), bits(poisoned(4, t.dtype))) and torch.equal(bits(buf[-4:]),
+                                                                                        bits(poisoned(4, t.dtype)))
+
+
 def test_decode_lanes_many_skips_empty_items():
     p = pack((torch.randn(600) * 0.02).to(torch.bfloat16), steps=8)
     out, empty = torch.empty(600, dtype=torch.bfloat16), torch.empty(0, dtype=torch.bfloat16)
@@ -204,7 +240,7 @@ def small() -> PackedTensor:
 def call(p: PackedTensor, out: torch.Tensor, **overrides) -> None:
     args = dict(words=p.streams["words"], index=p.streams["index"], table=p.decode_table("cpu"),
                 raw=p.streams["raw"], out=out)
-    kwargs = dict(numel_total=p.numel, steps=p.steps, dtype=p.dtype, start=0)
+    kwargs = dict(numel_total=p.numel, steps=p.steps, dtype=p.dtype, start=0, group=p.group)
     for key, value in overrides.items():
         (args if key in args else kwargs)[key] = value
     decode.decode_lanes(*args.values(), **kwargs)
@@ -218,6 +254,8 @@ def call(p: PackedTensor, out: torch.Tensor, **overrides) -> None:
     (dict(start=-1), "not inside"),
     (dict(dtype="I32"), "not coded with lanes"),
     (dict(steps=16), "index holds"),
+    (dict(group=3), "group 3 with steps 8"),
+    (dict(steps=9, group=2), "group 2 with steps 9"),
     (dict(table=torch.zeros(4160, dtype=torch.int32)), "table must be a contiguous 1-D torch.int16"),
     (dict(table=torch.zeros(4096, dtype=torch.int16)), "table holds 4096"),
     (dict(raw=torch.zeros(299, dtype=torch.uint8)), "raw holds 299"),
@@ -225,7 +263,7 @@ def call(p: PackedTensor, out: torch.Tensor, **overrides) -> None:
     (dict(index=torch.zeros(8 * 3, dtype=torch.int64)), "index must be a contiguous 1-D torch.uint8"),
     (dict(raw=torch.zeros(300, dtype=torch.uint8, device="meta")), "raw is on meta"),
 ], ids=["out-dtype", "out-strided", "too-long", "past-end", "negative-start", "dtype", "steps", "table-dtype",
-        "table-size", "raw-size", "odd-words", "index-dtype", "device"])
+        "table-size", "raw-size", "odd-words", "index-dtype", "device", "group", "group-steps"])
 def test_launcher_refuses_bad_arguments(small, overrides, message):
     out = overrides.pop("out", torch.empty(300 - max(0, overrides.get("start", 0)), dtype=torch.bfloat16))
     with pytest.raises(UnweightError, match=message):
@@ -243,8 +281,7 @@ def test_empty_output_launches_nothing(small):
 
 
 @pytest.mark.parametrize("kwargs", [dict(rows=3), dict(rows=2, num_warps=4), dict(rows=8, num_warps=4),
-                                    dict(unroll=3), dict(prefix=7), dict(table=3), dict(num_warps=32, rows=32),
-                                    dict(chains=3)])
+                                    dict(unroll=3), dict(prefix=7), dict(table=3), dict(num_warps=32, rows=32)])
 def test_config_refuses_bad_values(kwargs):
     with pytest.raises(UnweightError, match="DecodeConfig"):
         decode.DecodeConfig(**kwargs)
@@ -266,10 +303,10 @@ def test_ballot_layout_check_accepts_only_lane_major_tiles():
 
 
 def test_interpreter_runs_the_portable_tile():
-    used = decode.effective_config(decode.DEFAULT_CONFIG, "cpu", "BF16")
+    used = decode.effective_config(decode.DEFAULT_CONFIG, "cpu")
     assert used.prefix == decode.PREFIX_SCAN and not used.prefetch and used.rows >= decode.DEFAULT_CONFIG.rows
     as_given = decode.DecodeConfig(rows=2, num_warps=2, prefix=decode.PREFIX_SCAN, prefetch=False)
-    assert decode.effective_config(as_given, "cpu", "F32") == as_given
+    assert decode.effective_config(as_given, "cpu") == as_given
 
 
 def test_importing_unweight_does_not_import_triton():

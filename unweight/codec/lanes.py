@@ -2,8 +2,13 @@
 
 Layout of one coded tensor (all the GPU decoder needs, see kernels/decode.py):
 
-    symbols   s[0..n) are cut into blocks of LANES * steps symbols; inside a block,
-              symbol i belongs to lane i % LANES and is that lane's (i // LANES)-th.
+    symbols   s[0..n) are cut into blocks of LANES * steps symbols; inside a block, lane j
+              holds runs of `group` neighbours (group 1, 2 or 4, per tensor): its k-th symbol
+              is symbol (k // group) * group * LANES + j * group + k % group of the block, so
+              that over `group` steps a lane decodes neighbouring weights (the GPU decoder
+              reads their raw bytes and writes them with one access). A block whose length is
+              not a multiple of group * LANES (only a tensor's last block can be one) uses
+              group 1: symbol i of it belongs to lane i % LANES and is that lane's (i // LANES)-th.
     lane      a lane's codes are concatenated MSB-first into 16-bit words.
     stream    the words of a block, in the order a lockstep decoder asks for them:
               at step t every active lane j with fewer than MAX_CODE_LEN bits buffered
@@ -27,6 +32,7 @@ from .huffman import MAX_CODE_LEN
 
 LANES = 32  # lanes a block decodes in lockstep; a warp of threads on the GPU
 WORD_BITS = 16
+GROUPS = (1, 2, 4)  # neighbouring symbols a lane holds in a run (see the layout above)
 
 
 class UncodedSymbolError(ValueError):
@@ -38,14 +44,23 @@ class UncodedSymbolError(ValueError):
 U32, U64 = np.uint32, np.uint64
 
 
+def block_group(count: int, group: int) -> int:
+    """The group a block of `count` symbols uses in a tensor coded with `group` (see the layout above)."""
+    return group if count % (group * LANES) == 0 else 1
+
+
+_block_group = numba.njit(cache=True, nogil=True, inline="always")(block_group)
+
+
 @numba.njit(cache=True, nogil=True)
-def _pack_lane(values, first, num, shift, aligned, lengths, words, steps_of, base, uncoded):
-    """Pack one lane's codes (of values[first], values[first + LANES], ...) MSB-first into words[base:].
+def _pack_lane(values, first, num, group, shift, aligned, lengths, words, steps_of, base, uncoded):
+    """Pack one lane's codes MSB-first into words[base:]: of values[first], then the lane's next
+    symbols in the block's layout (runs of `group` neighbours, runs LANES * group apart).
 
     Follows the decoder's refill rule on the way (a lane with fewer than MAX_CODE_LEN bits buffered
-    takes its next word) and records in steps_of[base + w] the step at which the decoder takes word w,
-    as the index of the symbol it takes it for (values[first + LANES * step]). Returns the number of
-    words taken: words past the last code bits are zero.
+    takes its next word) and records in steps_of[base + w] the step at which the decoder takes word w
+    (the index, in the lane, of the symbol it takes it for). Returns the number of words taken:
+    words past the last code bits are zero.
     Branch-free, so that the lane's state stays in registers.
     """
     acc = U32(0)        # bits not yet written out, MSB-aligned (at most 15 + MAX_CODE_LEN)
@@ -54,11 +69,13 @@ def _pack_lane(values, first, num, shift, aligned, lengths, words, steps_of, bas
     taken = U64(base)   # words the decoder has taken
     missing = U32(0)
     i = U64(first)
-    for _ in range(num):
+    last_of_run = U64(group - 1)
+    run_skip = U64(group * LANES - group)  # from the last symbol of a run to the first of the next, less 1
+    for k in range(num):
         # the decoder takes a word whenever it holds fewer than MAX_CODE_LEN bits, so by this step it
         # has taken ceil((bits before this symbol + MAX_CODE_LEN) / 16) words: if that is one more
         # than before, word `taken` is taken now (else steps_of[taken] is written again later)
-        steps_of[taken] = U32(i)
+        steps_of[taken] = U32(k)
         taken = done + U64((fill + U32(MAX_CODE_LEN + WORD_BITS - 1)) >> U32(4))
         s = U64((values[i] >> shift) & 0xFF)
         n = lengths[s]
@@ -70,7 +87,7 @@ def _pack_lane(values, first, num, shift, aligned, lengths, words, steps_of, bas
         done += U64(full)
         acc <<= full << U32(4)
         fill -= full << U32(4)
-        i += U64(LANES)
+        i += U64(1) + U64((U64(k) & last_of_run) == last_of_run) * run_skip
     if fill > U32(0):
         words[done] = np.uint16(acc >> U32(16))
         done += U64(1)
@@ -82,7 +99,7 @@ def _pack_lane(values, first, num, shift, aligned, lengths, words, steps_of, bas
 
 
 @numba.njit(cache=True, nogil=True)
-def _encode_block(values, start, count, shift, aligned, lengths, words, steps_of, taken, slot, uncoded, out,
+def _encode_block(values, start, count, group, shift, aligned, lengths, words, steps_of, taken, slot, uncoded, out,
                   out_pos):
     """Encode one block into out[out_pos:]; returns the number of words written.
 
@@ -92,28 +109,29 @@ def _encode_block(values, start, count, shift, aligned, lengths, words, steps_of
     """
     steps = -(-count // LANES)
     max_words = words.size // LANES
+    g = _block_group(count, group)
     for lane in range(LANES):
         num = (count - lane + LANES - 1) // LANES
-        taken[lane] = _pack_lane(values, start + lane, num, shift, aligned, lengths, words, steps_of,
+        taken[lane] = _pack_lane(values, start + lane * g, num, g, shift, aligned, lengths, words, steps_of,
                                  lane * max_words, uncoded)
     slot[: steps + 1] = 0  # slot[t + 1]: words taken at step t, then where step t's words go
     for lane in range(LANES):
-        base, first = U64(lane * max_words), U32(start + lane)
+        base = U64(lane * max_words)
         for w in range(taken[lane]):
-            slot[U64((steps_of[base + U64(w)] - first) // U32(LANES)) + U64(1)] += U64(1)
+            slot[U64(steps_of[base + U64(w)]) + U64(1)] += U64(1)
     for t in range(steps):
         slot[t + 1] += slot[t]
     for lane in range(LANES):
-        base, first = U64(lane * max_words), U32(start + lane)
+        base = U64(lane * max_words)
         for w in range(taken[lane]):
-            t = U64((steps_of[base + U64(w)] - first) // U32(LANES))
+            t = U64(steps_of[base + U64(w)])
             out[U64(out_pos) + slot[t]] = words[base + U64(w)]
             slot[t] += U64(1)
     return slot[steps - 1]
 
 
 @numba.njit(cache=True, nogil=True)
-def _encode(values, shift, aligned, lengths, steps, out, index, uncoded):
+def _encode(values, shift, aligned, lengths, steps, group, out, index, uncoded):
     block_size = LANES * steps
     max_words = (MAX_CODE_LEN * steps + MAX_CODE_LEN) // WORD_BITS + 2
     words = np.empty(LANES * max_words, dtype=np.uint16)     # each lane's words, lane after lane
@@ -123,8 +141,13 @@ def _encode(values, shift, aligned, lengths, steps, out, index, uncoded):
     for b in range(index.size - 1):
         start = b * block_size
         count = min(block_size, values.size - start)
-        index[b + 1] = index[b] + _encode_block(values, start, count, shift, aligned, lengths, words, steps_of,
-                                                taken, slot, uncoded, out, index[b])
+        index[b + 1] = index[b] + _encode_block(values, start, count, group, shift, aligned, lengths, words,
+                                                steps_of, taken, slot, uncoded, out, index[b])
+
+
+def check_group(group: int, steps: int) -> None:
+    if group not in GROUPS or steps % group:
+        raise ValueError(f"group {group} with steps {steps}: the group must be one of {GROUPS} and divide steps")
 
 
 def block_capacity(steps: int) -> int:
@@ -133,7 +156,7 @@ def block_capacity(steps: int) -> int:
 
 
 def encode(values: np.ndarray, codes: np.ndarray, lengths: np.ndarray, steps: int,
-           shift: int = 0) -> tuple[np.ndarray, np.ndarray]:
+           shift: int = 0, group: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Encode the symbols (values >> shift) & 0xFF: uint8 symbols, or the bits of floats straight away
     (see floats.py). Returns (words uint16[W], index int64[num_blocks + 1]).
 
@@ -141,6 +164,7 @@ def encode(values: np.ndarray, codes: np.ndarray, lengths: np.ndarray, steps: in
     """
     if values.size >= 1 << 32:
         raise ValueError(f"{values.size} symbols to encode at once; encode at most 2**32 - 1")
+    check_group(group, steps)
     num_blocks = -(-values.size // (LANES * steps))
     # room for the longest codes; the words are written back to back, so the pages past them are
     # never touched (and never become resident)
@@ -150,39 +174,47 @@ def encode(values: np.ndarray, codes: np.ndarray, lengths: np.ndarray, steps: in
     # each code MSB-aligned in 32 bits, so that packing it is one shift and one or
     aligned = np.where(lengths32 > 0, codes.astype(np.uint32) << ((32 - lengths32) % 32), 0).astype(np.uint32)
     uncoded = np.zeros(1, dtype=np.uint32)
-    _encode(values, shift, aligned, lengths32, steps, out, index, uncoded)
+    _encode(values, shift, aligned, lengths32, steps, group, out, index, uncoded)
     if uncoded[0]:
         raise UncodedSymbolError("a symbol to encode has no code (code lengths from other data?)")
     return out[: index[-1]], index
 
 
 @numba.njit(cache=True, nogil=True)
-def _count_words(values, shift, lengths, steps, counts):
+def _count_words(values, shift, lengths, steps, group, counts):
     """counts[b] = the words block b encodes to (what _encode_block returns), from the code lengths
     alone. The decoder has taken ceil((bits before symbol k + MAX_CODE_LEN) / 16) words of a lane by
     step k (see _pack_lane), so a lane of codes of n_0 .. n_last bits takes
     ceil((n_0 + ... + n_last - n_last + MAX_CODE_LEN) / 16) words."""
     block_size = LANES * steps
-    coded = np.empty(LANES, dtype=np.uint64)  # bits of each lane's codes
+    coded = np.empty(LANES * GROUPS[-1], dtype=np.uint64)  # bits of the codes at each place of a run-row
     for b in range(counts.size):
         start = b * block_size
         count = min(block_size, values.size - start)
+        g = _block_group(count, group)
+        row = LANES * g                                    # symbols of one run of every lane
         coded[:] = 0
-        tail = start + count // LANES * LANES
-        for lane in range(0, LANES, 8):  # 8 lanes at a time, their sums in registers
-            _sum8(values, U64(start + lane), U64(tail + lane), shift, lengths, coded, lane)
-        for i in range(tail, start + count):
+        tail = start + count // row * row
+        for col in range(0, row, 8):  # 8 places at a time, their sums in registers
+            _sum8(values, U64(start + col), U64(tail + col), U64(row), shift, lengths, coded, col)
+        for i in range(tail, start + count):               # group 1 only: a last, partial step
             coded[i - tail] += lengths[U64((values[U64(i)] >> shift) & 0xFF)]
         words = U64(0)
         for lane in range(min(LANES, count)):
-            last = start + lane + (count - lane - 1) // LANES * LANES  # the lane's last symbol
+            bits = U64(0)
+            for q in range(lane * g, lane * g + g):
+                bits += coded[q]
+            if g == 1:
+                last = start + lane + (count - lane - 1) // LANES * LANES  # the lane's last symbol
+            else:
+                last = start + count - row + lane * g + g - 1
             n_last = U64(lengths[U64((values[U64(last)] >> shift) & 0xFF)])
-            words += (coded[lane] - n_last + U64(MAX_CODE_LEN + WORD_BITS - 1)) >> U64(4)
+            words += (bits - n_last + U64(MAX_CODE_LEN + WORD_BITS - 1)) >> U64(4)
         counts[b] = words
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _sum8(values, i, stop, shift, lengths, coded, lane):
+def _sum8(values, i, stop, stride, shift, lengths, coded, col):
     c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = U64(0)
     while i < stop:
         c0 += U64(lengths[U64((values[i] >> shift) & 0xFF)])
@@ -193,23 +225,24 @@ def _sum8(values, i, stop, shift, lengths, coded, lane):
         c5 += U64(lengths[U64((values[i + U64(5)] >> shift) & 0xFF)])
         c6 += U64(lengths[U64((values[i + U64(6)] >> shift) & 0xFF)])
         c7 += U64(lengths[U64((values[i + U64(7)] >> shift) & 0xFF)])
-        i += U64(LANES)
-    coded[lane] += c0
-    coded[lane + 1] += c1
-    coded[lane + 2] += c2
-    coded[lane + 3] += c3
-    coded[lane + 4] += c4
-    coded[lane + 5] += c5
-    coded[lane + 6] += c6
-    coded[lane + 7] += c7
+        i += stride
+    coded[col] += c0
+    coded[col + 1] += c1
+    coded[col + 2] += c2
+    coded[col + 3] += c3
+    coded[col + 4] += c4
+    coded[col + 5] += c5
+    coded[col + 6] += c6
+    coded[col + 7] += c7
 
 
-def block_index(values: np.ndarray, lengths: np.ndarray, steps: int, shift: int = 0) -> np.ndarray:
+def block_index(values: np.ndarray, lengths: np.ndarray, steps: int, shift: int = 0, group: int = 1) -> np.ndarray:
     """The index `encode` would return (int64[num_blocks + 1]), without encoding: the exact size of
     the words stream is known before it is written. Runs on the calling thread."""
+    check_group(group, steps)
     num_blocks = -(-values.size // (LANES * steps))
     index = np.zeros(num_blocks + 1, dtype=np.int64)
-    _count_words(values, shift, lengths.astype(np.uint32), steps, index[1:])
+    _count_words(values, shift, lengths.astype(np.uint32), steps, group, index[1:])
     np.cumsum(index, out=index)
     return index
 
@@ -226,15 +259,17 @@ def _merge_value(sym, raw, plane, i, wide):
 
 
 @numba.njit(cache=True, nogil=True)
-def _decode_block_into(words, begin, end, table, raw, plane, block_start, count, lo, hi, wide, out, check):
+def _decode_block_into(words, begin, end, table, raw, plane, block_start, count, group, lo, hi, wide, out, check):
     """Decode one block; weights [lo, hi) of it are written into `out` (indexed from lo), or, with
     `check`, compared with it. `plane` is the length of a raw plane. Returns 0, 1 for a stream that
     does not decode, 2 for a mismatch."""
     buf = np.zeros(LANES, dtype=np.uint32)
     nbits = np.zeros(LANES, dtype=np.int64)
     pos = begin
-    for base in range(0, count, LANES):
-        for lane in range(min(LANES, count - base)):
+    g = _block_group(count, group)
+    for step in range(-(-count // LANES)):
+        row = block_start + step // g * g * LANES + step % g   # where lane 0's symbol of this step goes
+        for lane in range(min(LANES, count - step * LANES)):
             if nbits[lane] < MAX_CODE_LEN:
                 if pos >= end:
                     return 1
@@ -245,7 +280,7 @@ def _decode_block_into(words, begin, end, table, raw, plane, block_start, count,
             n = entry >> 8
             buf[lane] <<= np.uint32(n)
             nbits[lane] -= n
-            i = block_start + base + lane
+            i = row + lane * g
             if lo <= i < hi:
                 value = _merge_value(entry & 0xFF, raw, plane, i, wide)
                 if not check:
@@ -267,7 +302,7 @@ def _merged_bits(sym, raw, plane, i, wide):
 
 
 @numba.njit(cache=True, nogil=True)
-def _decode_whole_block(words, begin, end, table, raw, plane, block_start, steps, wide, out, out_start, check):
+def _decode_whole_block(words, begin, end, table, raw, plane, block_start, steps, g, wide, out, out_start, check):
     """_decode_block_into for a block of `steps` full steps whose weights all fall in `out` (fp32; 16-bit
     floats have _decode_whole_block16): no range tests, unsigned indices, and a mismatch or a read
     past the block's words reported at the end."""
@@ -277,10 +312,11 @@ def _decode_whole_block(words, begin, end, table, raw, plane, block_start, steps
     nbits = np.zeros(LANES, dtype=np.uint32)
     pos, last = U64(begin), U64(end - 1)
     plane = U64(plane)
-    i = U64(block_start)
-    o = U64(block_start - out_start)
+    g = U64(g)
     bad = U32(0)
-    for _ in range(steps):
+    for step in range(steps):
+        i = U64(block_start) + U64(step) // g * g * U64(LANES) + U64(step) % g  # lane 0's weight
+        o = i - U64(out_start)
         for lane in range(LANES):
             j = U64(lane)
             b, nb = buf[j], nbits[j]
@@ -297,15 +333,15 @@ def _decode_whole_block(words, begin, end, table, raw, plane, block_start, steps
                 bad |= value ^ U32(out[o])
             else:
                 out[o] = value
-            i += U64(1)
-            o += U64(1)
+            i += g
+            o += g
     if pos != U64(end):
         return 1
     return 2 if bad else 0
 
 
 @numba.njit(cache=True, nogil=True)
-def _decode_whole_block16(words, begin, end, table16, raw, block_start, steps, out, out_start, check):
+def _decode_whole_block16(words, begin, end, table16, raw, block_start, steps, g, out, out_start, check):
     """_decode_whole_block for 16-bit floats, with a table that holds each symbol where it goes in
     the weight's bits (table16: length << 16 | symbol << 7) and the raw byte spread by _RAW16."""
     if end <= begin:
@@ -313,10 +349,11 @@ def _decode_whole_block16(words, begin, end, table16, raw, block_start, steps, o
     buf = np.zeros(LANES, dtype=np.uint32)
     nbits = np.zeros(LANES, dtype=np.uint32)
     pos, last = U64(begin), U64(end - 1)
-    i = U64(block_start)
-    o = U64(block_start - out_start)
+    g = U64(g)
     bad = U32(0)
-    for _ in range(steps):
+    for step in range(steps):
+        i = U64(block_start) + U64(step) // g * g * U64(LANES) + U64(step) % g  # lane 0's weight
+        o = i - U64(out_start)
         for lane in range(LANES):
             j = U64(lane)
             b, nb = buf[j], nbits[j]
@@ -333,8 +370,8 @@ def _decode_whole_block16(words, begin, end, table16, raw, block_start, steps, o
                 bad |= value ^ U32(out[o])
             else:
                 out[o] = value
-            i += U64(1)
-            o += U64(1)
+            i += g
+            o += g
     if pos != U64(end):
         return 1
     return 2 if bad else 0
@@ -345,41 +382,43 @@ _RAW16 = np.array([((r & 0x80) << 8) | (r & 0x7F) for r in range(256)], dtype=np
 
 
 @numba.njit(cache=True, nogil=True)
-def _decode_block(words, index, table, table16, raw, n_total, steps, lo, hi, wide, out, check, b):
+def _decode_block(words, index, table, table16, raw, n_total, steps, group, lo, hi, wide, out, check, b):
     """Decode (or check) block b with the fastest decoder that applies; its status."""
     block_size = LANES * steps
     start = b * block_size
     count = min(block_size, n_total - start)
     if count % LANES or start < lo or start + count > hi:
-        return _decode_block_into(words, index[b], index[b + 1], table, raw, n_total, start, count, lo, hi, wide,
-                                  out, check)
+        return _decode_block_into(words, index[b], index[b + 1], table, raw, n_total, start, count, group, lo, hi,
+                                  wide, out, check)
+    g = _block_group(count, group)
     if wide:
-        return _decode_whole_block(words, index[b], index[b + 1], table, raw, n_total, start, count // LANES, wide,
-                                   out, lo, check)
-    return _decode_whole_block16(words, index[b], index[b + 1], table16, raw, start, count // LANES, out, lo, check)
+        return _decode_whole_block(words, index[b], index[b + 1], table, raw, n_total, start, count // LANES, g,
+                                   wide, out, lo, check)
+    return _decode_whole_block16(words, index[b], index[b + 1], table16, raw, start, count // LANES, g, out, lo,
+                                 check)
 
 
 # Two loops rather than one function compiled twice: numba's disk cache keys a compiled function by
 # its name, so a parallel and a serial compilation of the same function would share one entry.
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _decode_into(words, index, table, table16, raw, n_total, steps, lo, hi, wide, out, status, check):
+def _decode_into(words, index, table, table16, raw, n_total, steps, group, lo, hi, wide, out, status, check):
     first = lo // (LANES * steps)
     for k in numba.prange(status.size):
-        status[k] = _decode_block(words, index, table, table16, raw, n_total, steps, lo, hi, wide, out, check,
-                                  first + k)
+        status[k] = _decode_block(words, index, table, table16, raw, n_total, steps, group, lo, hi, wide, out,
+                                  check, first + k)
 
 
 @numba.njit(cache=True, nogil=True)
-def _decode_into_serial(words, index, table, table16, raw, n_total, steps, lo, hi, wide, out, status, check):
+def _decode_into_serial(words, index, table, table16, raw, n_total, steps, group, lo, hi, wide, out, status, check):
     first = lo // (LANES * steps)
     for k in range(status.size):
-        status[k] = _decode_block(words, index, table, table16, raw, n_total, steps, lo, hi, wide, out, check,
-                                  first + k)
+        status[k] = _decode_block(words, index, table, table16, raw, n_total, steps, group, lo, hi, wide, out,
+                                  check, first + k)
 
 
 def decode_into(words: np.ndarray, index: np.ndarray, table: np.ndarray, raw: np.ndarray, n_total: int,
                 steps: int, out: np.ndarray, lo: int = 0, where: str = "tensor", check: bool = False,
-                parallel: bool = True) -> None:
+                parallel: bool = True, group: int = 1) -> None:
     """Decode weights [lo, lo + out.size) into `out` (uint16 for 16-bit floats, uint32 for fp32).
 
     With `check`, `out` holds the expected bits and is compared instead of written: a
@@ -394,8 +433,8 @@ def decode_into(words: np.ndarray, index: np.ndarray, table: np.ndarray, raw: np
     entries = table.astype(np.uint32)
     table16 = ((entries >> 8) << 16) | ((entries & 0xFF) << 7)  # see _decode_whole_block16
     run = _decode_into if parallel and status.size > 1 else _decode_into_serial
-    run(words, index, table.astype(np.int16), table16, raw, n_total, steps, lo, hi, out.itemsize == 4, out, status,
-        check)
+    run(words, index, table.astype(np.int16), table16, raw, n_total, steps, group, lo, hi, out.itemsize == 4, out,
+        status, check)
     if (status == 1).any():
         block = lo // block_size + int(np.flatnonzero(status == 1)[0])
         raise CorruptDataError(f"{where}: coded stream of block {block} does not decode (truncated or corrupted data)")

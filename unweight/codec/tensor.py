@@ -44,6 +44,17 @@ def choose_steps(numel: int) -> int:
     together, a layer at a time, so they keep the tighter packing.
     """
     return DEFAULT_STEPS // 2 if numel >= LARGE_TENSOR else DEFAULT_STEPS
+
+
+def choose_group(dtype: str, steps: int) -> int:
+    """Neighbouring weights a lane holds in a run (lanes.py): 4 for 16-bit floats, whose GPU decoder
+    then reads four raw bytes and writes four weights with one access each (on an H100, 1.20x the
+    output rate of group 1, and 1.05x that of group 2: BENCHMARKS.md, "GPU decode"); 1 for fp32,
+    whose decoder does not use runs, and where the run does not divide steps."""
+    return GROUP_16BIT if floats.LAYOUTS[dtype].width == 2 and steps % GROUP_16BIT == 0 else 1
+
+
+GROUP_16BIT = 4
 CHUNK_BLOCKS = 512         # blocks read at once from a tensor too large to hold (16M weights)
 MAX_CACHED_BYTES = 512 * 1024 * 1024  # tensors up to this size are held whole while planned
 TASK_BYTES = 4 * 1024 * 1024  # source bytes a task covers (~10 ms): small enough to keep every thread busy
@@ -58,6 +69,7 @@ class EncodedTensor:
     streams: dict[str, np.ndarray]  # role -> uint8 stream ("words", "index", "raw")
     sha256: str
     steps: int
+    group: int
     code_lengths: np.ndarray
     entropy_bits: float
 
@@ -94,6 +106,7 @@ class TensorPlan:
     encoding: str                     # "lanes", "zstd" or "raw"
     sizes: dict[str, int]             # stream role -> bytes, in stream order
     steps: int = 0
+    group: int = 1                    # lanes: neighbouring weights in a lane's runs
     code: Code | None = None          # lanes: the prefix code
     index: np.ndarray | None = None   # lanes: the index stream, int64[num_blocks + 1]
     data: list[np.ndarray] | None = None  # the source bytes while they are kept for `code`: in the
@@ -123,13 +136,19 @@ Write = Callable[[str, int, np.ndarray], None]   # (role, byte offset in that st
 
 @dataclass
 class TensorSource:
-    """A tensor to plan: its dtype, its size, how to read it, and (coded floats) its block length."""
+    """A tensor to plan: its dtype, its size, how to read it, and (coded floats) its block length and
+    run length (`group`, 0: choose_group)."""
 
     dtype: str
     numel: int
     nbytes: int
     read: ReadRange
     steps: int = DEFAULT_STEPS
+    group: int = 0
+
+    @property
+    def lanes_group(self) -> int:
+        return self.group or choose_group(self.dtype, self.steps)
 
     @property
     def is_coded(self) -> bool:
@@ -201,19 +220,19 @@ class TensorEncoder:
     def _plan_large(self, source: TensorSource) -> list[TensorPlan]:
         """A large tensor, read a task's piece at a time: each piece's histogram is on its way while
         the next is read."""
-        layout, steps = floats.LAYOUTS[source.dtype], source.steps
+        layout, steps, group = floats.LAYOUTS[source.dtype], source.steps, source.lanes_group
         pieces, hists = [], []
         for a, b in _spans(source.numel, _task_weights(layout, steps)):
             pieces.append(source.read(a * layout.width, b * layout.width))
             hists.append(self._workers.submit(_histogram_task, layout, pieces[-1], 0, b - a))
         code = Code(sum(_results(hists)))
-        indices = self._map(_index_task, [(layout, code, piece, 0, piece.size // layout.width, steps)
+        indices = self._map(_index_task, [(layout, code, piece, 0, piece.size // layout.width, steps, group)
                                           for piece in pieces])
-        return [_lanes_plan(source.dtype, source.numel, steps, code, indices, pieces)]
+        return [_lanes_plan(source.dtype, source.numel, steps, group, code, indices, pieces)]
 
     def _plan_by_chunks(self, source: TensorSource) -> TensorPlan:
         """A tensor too large to hold, a chunk at a time: all of its histogram, then its word counts."""
-        layout, steps = floats.LAYOUTS[source.dtype], source.steps
+        layout, steps, group = floats.LAYOUTS[source.dtype], source.steps, source.lanes_group
         chunks = list(_spans(source.numel, CHUNK_BLOCKS * lanes.LANES * steps))
 
         def tasks(a: int, b: int) -> list[tuple[int, int]]:
@@ -227,8 +246,8 @@ class TensorEncoder:
         indices = []
         for a, b in chunks:
             data = source.read(a * layout.width, b * layout.width)
-            indices += self._map(_index_task, [(layout, code, data, c, d, steps) for c, d in tasks(a, b)])
-        return _lanes_plan(source.dtype, source.numel, steps, code, indices, None)
+            indices += self._map(_index_task, [(layout, code, data, c, d, steps, group) for c, d in tasks(a, b)])
+        return _lanes_plan(source.dtype, source.numel, steps, group, code, indices, None)
 
     # pass 2
 
@@ -276,18 +295,20 @@ class TensorEncoder:
 
 
 def encode_float(dtype: str, numel: int, read: ReadRange, steps: int = DEFAULT_STEPS,
-                 where: str = "tensor", verify: bool = True, consume: Consume = lambda data: None) -> EncodedTensor:
-    """Code one bf16/fp16/fp32 tensor into streams in memory (both passes, see TensorEncoder)."""
+                 where: str = "tensor", verify: bool = True, consume: Consume = lambda data: None,
+                 group: int = 0) -> EncodedTensor:
+    """Code one bf16/fp16/fp32 tensor into streams in memory (both passes, see TensorEncoder);
+    `group` 0 takes choose_group's."""
     with TensorEncoder() as encoder:
         nbytes = numel * floats.LAYOUTS[dtype].width
-        [plan] = encoder.plan([TensorSource(dtype, numel, nbytes, read, steps)]).result()
+        [plan] = encoder.plan([TensorSource(dtype, numel, nbytes, read, steps, group)]).result()
         streams = {role: np.empty(size, dtype=np.uint8) for role, size in plan.sizes.items()}
 
         def write(role: str, offset: int, data: np.ndarray) -> None:
             streams[role][offset : offset + data.size] = data
 
         [sha256] = encoder.code([TensorJob(plan, read, write, where)], verify, consume).result()
-    return EncodedTensor(streams, sha256, steps, plan.code_lengths, plan.entropy_bits)
+    return EncodedTensor(streams, sha256, steps, plan.group, plan.code_lengths, plan.entropy_bits)
 
 
 def _zstd(data: np.ndarray) -> np.ndarray:
@@ -303,8 +324,8 @@ def _plan_small(sources: list[tuple[TensorSource, np.ndarray]]) -> list[TensorPl
             continue
         layout = floats.LAYOUTS[source.dtype]
         code = Code(_histogram_task(layout, data, 0, source.numel))
-        index = _index_task(layout, code, data, 0, source.numel, source.steps)
-        plans.append(_lanes_plan(source.dtype, source.numel, source.steps, code, [index], [data]))
+        index = _index_task(layout, code, data, 0, source.numel, source.steps, source.lanes_group)
+        plans.append(_lanes_plan(source.dtype, source.numel, source.steps, source.lanes_group, code, [index], [data]))
     return plans
 
 
@@ -340,13 +361,13 @@ def _code_other(plan: TensorPlan, data: np.ndarray, write: Write, where: str) ->
     write("data", 0, stored)
 
 
-def _lanes_plan(dtype: str, numel: int, steps: int, code: Code, indices: list[np.ndarray],
+def _lanes_plan(dtype: str, numel: int, steps: int, group: int, code: Code, indices: list[np.ndarray],
                 data: list[np.ndarray] | None) -> TensorPlan:
     """The plan of a coded float tensor from the block indices of its spans (each from 0)."""
     index = _join_indices(indices)
     layout = floats.LAYOUTS[dtype]
     sizes = {"words": 2 * int(index[-1]), "index": index.nbytes, "raw": numel * layout.raw_planes}
-    return TensorPlan(dtype, numel, numel * layout.width, "lanes", sizes, steps, code, index, data)
+    return TensorPlan(dtype, numel, numel * layout.width, "lanes", sizes, steps, group, code, index, data)
 
 
 def _join_indices(indices: list[np.ndarray]) -> np.ndarray:
@@ -363,9 +384,9 @@ def _histogram_task(layout, data, start, stop) -> np.ndarray:
     return floats.symbol_histogram(layout, data[start * layout.width : stop * layout.width], parallel=False)
 
 
-def _index_task(layout, code: Code, data, start, stop, steps) -> np.ndarray:
+def _index_task(layout, code: Code, data, start, stop, steps, group) -> np.ndarray:
     bits = data[start * layout.width : stop * layout.width].view(np.uint16 if layout.width == 2 else np.uint32)
-    return lanes.block_index(bits, code.lengths, steps, shift=layout.symbol_shift)
+    return lanes.block_index(bits, code.lengths, steps, shift=layout.symbol_shift, group=group)
 
 
 def _code_span(plan: TensorPlan, data: np.ndarray, start: int, write: Write, where: str, verify: bool) -> None:
@@ -375,7 +396,8 @@ def _code_span(plan: TensorPlan, data: np.ndarray, start: int, write: Write, whe
     bits = data.view(np.uint16 if layout.width == 2 else np.uint32)
     first_block = start // (lanes.LANES * plan.steps)
     try:
-        words, index = lanes.encode(bits, plan.code.codes, plan.code.lengths, plan.steps, shift=layout.symbol_shift)
+        words, index = lanes.encode(bits, plan.code.codes, plan.code.lengths, plan.steps, shift=layout.symbol_shift,
+                                    group=plan.group)
     except lanes.UncodedSymbolError:  # a symbol the plan's histogram did not have
         raise _changed(where) from None
     planned = plan.index[first_block : first_block + index.size]
@@ -383,16 +405,16 @@ def _code_span(plan: TensorPlan, data: np.ndarray, start: int, write: Write, whe
         raise _changed(where)
     raw = floats.raw_planes(layout, data)
     if verify:
-        _check_chunk(words, index, plan.code, plan.steps, raw, bits, where, start)
+        _check_chunk(words, index, plan.code, plan.steps, plan.group, raw, bits, where, start)
     write("words", 2 * int(planned[0]), words.view(np.uint8))
     for plane in range(layout.raw_planes):
         write("raw", plane * plan.numel + start, raw[plane * bits.size : (plane + 1) * bits.size])
 
 
-def _check_chunk(words, index, code: Code, steps, raw, expected, where, start) -> None:
+def _check_chunk(words, index, code: Code, steps, group, raw, expected, where, start) -> None:
     """Decode the chunk just encoded and compare it, in the decoder, bit for bit with its source."""
     lanes.decode_into(words, index, code.table, raw, expected.size, steps, expected,
-                      where=f"{where} (chunk from weight {start})", check=True, parallel=False)
+                      where=f"{where} (chunk from weight {start})", check=True, parallel=False, group=group)
 
 
 def _changed(where: str) -> SourceError:

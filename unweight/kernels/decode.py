@@ -1,8 +1,10 @@
 """Triton decoder for the interleaved-lane bitstream: packed streams -> bf16/fp16/fp32 weights on the GPU.
 
 One warp decodes one block: thread j of the warp is lane j, and the whole warp advances one
-step (one symbol a lane) at a time, so the 32 outputs of a step are neighbours in memory and
-the words the refilling lanes take are neighbours in the stream. A program decodes ROWS
+step (one symbol a lane) at a time, so the words the refilling lanes take are neighbours in the
+stream. A lane holds runs of GROUP neighbouring weights (the block layout, codec/lanes.py): every
+GROUP steps the warp has decoded GROUP * 32 neighbouring weights, whose raw bytes it reads and
+which it writes with one access a lane (16-bit weights: 4 raw bytes in, 8 bytes out). A program decodes ROWS
 blocks as a flat tile of ROWS * LANES lanes, row-major, one row per warp (or several per thread with
 the scan prefix): a 1-D tile whose size equals the threads keeps lane j of row r on thread j of
 warp r, which the ballot prefix relies on.
@@ -15,7 +17,7 @@ Per lane and step (see unweight/codec/lanes.py for the encoder's side):
              word is stream[base + number of refilling lanes before this one]; with the window
              option the row's words [base, base + 32) are loaded one step ahead, one a lane, and
              a lane takes its word by warp shuffle, which keeps a load off the step's chain
-    decode   entry = table[buf >> 20] (int16: symbol | length << 8); buf <<= length; room += length
+    decode   entry = table[buf >> 20] (uint16: symbol | length << 8); buf <<= length; room += length
     merge    bf16/fp16: raw = s << 7 | bits 0..6          value = (raw & 0x80) << 8 | sym << 7 | raw & 0x7F
              fp32: p0 = bits 0..7, p1 = bits 8..15, p2 = s << 7 | bits 16..22
                    value = (p2 & 0x80) << 24 | sym << 23 | (p2 & 0x7F) << 16 | p1 << 8 | p0
@@ -38,6 +40,7 @@ import triton.language as tl
 from ..codec import floats
 from ..codec.huffman import MAX_CODE_LEN as _MAX_CODE_LEN
 from ..codec.huffman import PREFIX_BITS, PREFIX_ENTRIES, TABLE_SIZE
+from ..codec.lanes import GROUPS as _GROUPS
 from ..codec.lanes import LANES as _LANES
 from ..codec.lanes import WORD_BITS as _WORD_BITS
 from ..errors import UnweightError
@@ -77,9 +80,10 @@ class DecodeConfig:
     prefix: int = PREFIX_BALLOT
     table: int = TABLE_GLOBAL  # the 8 KiB table stays in L1; smaller first levels were slower (H100, H200)
     prefetch: bool = True    # PTX prefetch of raw bytes and lane words ahead of use (CUDA only)
-    unroll: int = 4          # steps per loop iteration (the prefetch is issued once an iteration)
-    chains: int = 1          # independent [rows, 32] tiles a program steps through together (1 or 2)
+    unroll: int = 4          # steps per loop iteration (the prefetch is issued once an iteration); at least
+                             # the tensor's group
     window: bool = True      # refill words from a 32-word window loaded a step ahead, picked by warp shuffle
+    vector: bool = True      # 16-bit weights in runs (group 2, 4): one raw load and one store a run
 
     def __post_init__(self):
         checks = {"rows": self.rows >= self.num_warps and self.rows & (self.rows - 1) == 0
@@ -87,15 +91,14 @@ class DecodeConfig:
                   "num_warps": self.num_warps in (1, 2, 4, 8, 16),
                   "prefix": self.prefix in (PREFIX_SCAN, PREFIX_BALLOT),
                   "table": self.table in (TABLE_GLOBAL, TABLE_SHUFFLE, TABLE_PREFIX),
-                  "unroll": self.unroll in (1, 2, 4),
-                  "chains": self.chains in (1, 2)}
+                  "unroll": self.unroll in (1, 2, 4)}
         for name, ok in checks.items():
             if not ok:
                 raise UnweightError(f"DecodeConfig.{name}={getattr(self, name)!r} is not allowed "
                                     f"(rows: a power of two, at least num_warps, equal to it with the ballot "
                                     f"prefix; num_warps: 1..16, a power of two; "
                                     f"prefix: {PREFIX_SCAN} or {PREFIX_BALLOT}; table: {TABLE_GLOBAL}, "
-                                    f"{TABLE_SHUFFLE} or {TABLE_PREFIX}; unroll: 1, 2 or 4; chains: 1 or 2)")
+                                    f"{TABLE_SHUFFLE} or {TABLE_PREFIX}; unroll: 1, 2 or 4)")
 
     def portable(self) -> "DecodeConfig":
         """The tile for the Triton interpreter: no inline PTX, and at least 32 rows, since the
@@ -121,33 +124,36 @@ _max = tl.standard._elementwise_max
 
 @triton.jit
 def _word_slots(need, ROWS: tl.constexpr, PREFIX: tl.constexpr):
-    """Per lane: how many lanes before it take a word this step; per row: how many in all."""
+    """Per lane: how many lanes before it take a word this step, how many lanes of its row take one,
+    and the bits it takes (WORD_BITS or 0)."""
     # need: int32 [ROWS * LANES] (row-major: element r * LANES + j is lane j of row r), 0 or 1
     if PREFIX == _PREFIX_BALLOT:
         # One vote gives the step's need flags as a bit mask over hardware lanes; the
         # tile layout puts lane j of every row on hardware lane j (checked at compile time).
-        before, total = tl.inline_asm_elementwise(
+        before, total, bits = tl.inline_asm_elementwise(
             asm="""{
             .reg .pred p;
             .reg .b32 m, lt;
-            setp.ne.s32 p, $2, 0;
+            setp.ne.s32 p, $3, 0;
             vote.sync.ballot.b32 m, p, 0xffffffff;
             mov.u32 lt, %lanemask_lt;
             and.b32 lt, lt, m;
             popc.b32 $0, lt;
             popc.b32 $1, m;
+            selp.b32 $2, 16, 0, p;
             }""",
-            constraints="=r,=r,r", args=[need], dtype=(tl.int32, tl.int32), is_pure=True, pack=1)
+            constraints="=r,=r,=r,r", args=[need], dtype=(tl.int32, tl.int32, tl.int32), is_pure=True, pack=1)
     else:
         rows = tl.reshape(need, [ROWS, LANES])
         before = tl.reshape(tl.associative_scan(rows, 1, _add) - rows, [ROWS * LANES])
         total = tl.reshape(tl.reduce(rows, 1, _add)[:, None] + rows * 0, [ROWS * LANES])
-    return before, total
+        bits = need * WORD_BITS
+    return before, total, bits
 
 
 @triton.jit
 def _window_word(window, before, ROWS: tl.constexpr, PREFIX: tl.constexpr):
-    """Word `before` of each row's window (lane k of a row holds the row's word wpos + k)."""
+    """Word `before` of each row's window (lane k of a row holds the row's k-th word not yet taken)."""
     if PREFIX == _PREFIX_BALLOT:
         # same layout requirement as the ballot: lane j of every row on hardware lane j
         word = tl.inline_asm_elementwise(asm="shfl.sync.idx.b32 $0, $1, $2, 0x1f, 0xffffffff;",
@@ -160,15 +166,16 @@ def _window_word(window, before, ROWS: tl.constexpr, PREFIX: tl.constexpr):
 
 
 @triton.jit
-def _load_window(word_row, wpos, word_limit):
-    """The row's words [wpos, wpos + 32), one a lane (zeros past the row's stream), as int32."""
-    at = wpos + tl.arange(0, wpos.shape[0]) % LANES
-    return tl.load(word_row + at, mask=at < word_limit, other=0).to(tl.uint16, bitcast=True).to(tl.int32)
+def _load_window(word_row, word_at, word_limit):
+    """Word word_at of the row's stream for each lane (the row's window: the 32 words after those it
+    has taken), as int32. Past the row's stream a lane reads its last word again (clamped, no mask):
+    such words are never taken."""
+    return tl.load(word_row + tl.maximum(tl.minimum(word_at, word_limit - 1), 0)).to(tl.int32)
 
 
 @triton.jit
 def _lookup(buf, table_ptr, small, ROWS: tl.constexpr, TABLE: tl.constexpr):
-    """Decode-table entry (symbol | length << 8, int32) for the next 12 bits of each buffer."""
+    """Decode-table entry (symbol | length << 8, int32) for the next 12 bits of each buffer (table_ptr: *u16)."""
     peek = (buf >> PEEK_SHIFT).to(tl.int32)
     if TABLE == _TABLE_SHUFFLE:
         # small: int32 [ROWS * LANES], lane k of every row holds the entries of 6-bit prefixes 2k and 2k+1
@@ -177,16 +184,15 @@ def _lookup(buf, table_ptr, small, ROWS: tl.constexpr, TABLE: tl.constexpr):
         pair = tl.gather(small, row_base + (top >> 1), axis=0)
         entry = (pair >> ((top & 1) * 16)) & 0xFFFF
         long_code = (entry >> 8) > SMALL_BITS
-        full = tl.load(table_ptr + peek, mask=long_code, other=0).to(tl.uint16, bitcast=True).to(tl.int32)
+        full = tl.load(table_ptr + peek, mask=long_code, other=0).to(tl.int32)
         entry = tl.where(long_code, full, entry)
     elif TABLE == _TABLE_PREFIX:
-        entry = tl.load(table_ptr + FIRST_LEVEL + (buf >> PREFIX_SHIFT).to(tl.int32))
-        entry = entry.to(tl.uint16, bitcast=True).to(tl.int32)
+        entry = tl.load(table_ptr + FIRST_LEVEL + (buf >> PREFIX_SHIFT).to(tl.int32)).to(tl.int32)
         long_code = (entry >> 8) > SMALL_BITS
-        full = tl.load(table_ptr + peek, mask=long_code, other=0).to(tl.uint16, bitcast=True).to(tl.int32)
+        full = tl.load(table_ptr + peek, mask=long_code, other=0).to(tl.int32)
         entry = tl.where(long_code, full, entry)
     else:
-        entry = tl.load(table_ptr + peek).to(tl.uint16, bitcast=True).to(tl.int32)
+        entry = tl.load(table_ptr + peek).to(tl.int32)  # uint16 table: zero-extended by the load
     return entry
 
 
@@ -234,197 +240,227 @@ def _load(ptr, mask, MASKED: tl.constexpr):
 
 
 @triton.jit
-def _decode_step(buf, room, wpos, window, rel, raw_at, out_at, word_row, word_limit, active_end, span, plane_stride,
-                 table_ptr, small, ROWS: tl.constexpr, RAW_PLANES: tl.constexpr, PREFIX: tl.constexpr,
-                 TABLE: tl.constexpr, MASKED: tl.constexpr, WINDOW: tl.constexpr):
-    """One step of every row: refill the lanes that run low, decode one symbol a lane, store it.
+def _next_entry(buf, room, word_at, window, active, word_row, word_limit, table_ptr, small, ROWS: tl.constexpr,
+                PREFIX: tl.constexpr, TABLE: tl.constexpr, MASKED: tl.constexpr, WINDOW: tl.constexpr):
+    """One step of every row: refill the lanes that run low, then decode one symbol a lane.
 
-    State per lane: buf (uint32, MSB-aligned bits), room = 16 - buffered bits (the shift that
-    puts the next word right after them), rel = element offset in the block minus the first
-    offset to write. Without MASKED every lane of every row is active and written.
+    State per lane: buf (uint32, MSB-aligned bits), room = 16 - buffered bits (the shift that puts
+    the next word right after them), word_at = words the row has taken + the lane's index in the row
+    (the word of the row's window the lane loads). Returns the new state and the
+    table entry of the symbol. Without MASKED every lane of every row is active.
     """
     need = room > WORD_BITS - MAX_CODE_LEN                 # [ROWS * LANES]: fewer than 12 bits left
     if MASKED:
-        need = need & (rel < active_end)                   # lanes past the end of a partial block
+        need = need & active                               # lanes past the end of a partial block
     need = need.to(tl.int32)
-    before, total = _word_slots(need, ROWS, PREFIX)
+    before, total, bits = _word_slots(need, ROWS, PREFIX)
     if WINDOW:
-        # the words this step can take are [wpos, wpos + 32): loaded during the previous step,
+        # the words this step can take are the row's next 32: loaded during the previous step,
         # so the refill is a shuffle instead of a load on the step's dependent chain
         word = tl.where(need != 0, _window_word(window, before, ROWS, PREFIX), 0).to(tl.uint32)
-        wpos += total
-        window = _load_window(word_row, wpos, word_limit)  # for the next step, in flight meanwhile
+        word_at += total
+        window = _load_window(word_row, word_at, word_limit)  # for the next step, in flight meanwhile
     else:
-        slot = wpos + before                               # word index inside the row's stream
+        slot = word_at - tl.arange(0, ROWS * LANES) % LANES + before  # word index inside the row's stream
         fetch = (need != 0) & (slot < word_limit)          # never read past the block's words
-        word = tl.load(word_row + slot, mask=fetch, other=0).to(tl.uint16, bitcast=True).to(tl.uint32)
-        wpos += total
+        word = tl.load(word_row + slot, mask=fetch, other=0).to(tl.uint32)
+        word_at += total
     buf |= word << (room & 31).to(tl.uint32)               # word is 0 unless refilling (room 5..16)
-    room -= need * WORD_BITS
     entry = _lookup(buf, table_ptr, small, ROWS, TABLE)
     length = entry >> 8
     buf <<= length.to(tl.uint32)
-    room += length
-    write = rel.to(tl.uint32, bitcast=True) < span        # 0 <= rel < span: inside [start, stop)
-    value = _merge(entry, raw_at, plane_stride, write, RAW_PLANES, MASKED)
-    if MASKED:
-        tl.store(out_at, value, mask=write)
-    else:
-        tl.store(out_at, value)
-    return buf, room, wpos, window, rel + LANES, raw_at + LANES, out_at + LANES
+    room += length - bits
+    return buf, room, word_at, window, entry
 
 
 @triton.jit
-def _decode_loop(num_steps, rel, raw_at, out_at, word_row, word_limit, active_end, span, plane_stride, table_ptr,
-                 small, raw_row, lo, last, ROWS: tl.constexpr, RAW_PLANES: tl.constexpr, PREFIX: tl.constexpr,
-                 TABLE: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr, MASKED: tl.constexpr,
-                 WINDOW: tl.constexpr):
+def _pair(e0, e1, raw2):
+    """Two neighbouring 16-bit weights as one int32 (the first in the low half), from their table
+    entries and raw2 = their two raw bytes (the first in bits 0..7): _merge for two at once."""
+    spread = (raw2 & 0xFF) | ((raw2 & 0xFF00) << 8)       # raw bytes at bits 0..7 and 16..23
+    symbols = (e0 | (e1 << 16)) << 7                       # symbols at bits 7..14 and 23..30
+    return ((spread * 0x101) & -2139127681) | (symbols & 0x7F807F80)  # -2139127681: 0x807F807F
+
+
+@triton.jit
+def _store_run(e0, e1, e2, e3, raw_vec, out_vec, write, GROUP: tl.constexpr):
+    """Merge and store the GROUP neighbouring weights of each lane's run with one load and one store."""
+    if GROUP == 2:
+        tl.store(out_vec, _pair(e0, e1, tl.load(raw_vec).to(tl.int32) & 0xFFFF), mask=write)
+    else:
+        raw4 = tl.load(raw_vec)
+        low = _pair(e0, e1, raw4 & 0xFFFF).to(tl.int64) & 0xFFFFFFFF
+        high = _pair(e2, e3, (raw4 >> 16) & 0xFFFF).to(tl.int64)
+        tl.store(out_vec, low | (high << 32), mask=write)
+
+
+@triton.jit
+def _decode_whole(num_steps, lane_at, is_row, raw_row, out_row, raw_vec, out_vec, word_row, word_limit,
+                  plane_stride, table_ptr, small, last, ROWS: tl.constexpr, RAW_PLANES: tl.constexpr, PREFIX: tl.constexpr,
+                  TABLE: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr, WINDOW: tl.constexpr,
+                  GROUP: tl.constexpr, VECTOR: tl.constexpr):
+    """Every row a whole block, written whole: no masks. Each lane decodes runs of GROUP neighbouring
+    weights (the block layout, codec/lanes.py); lane_at = lane * GROUP, the lane's first weight.
+    With VECTOR (16-bit weights, GROUP 2 or 4) a run's raw bytes are one load and its weights one
+    store (raw_vec / out_vec point at the lane's first run in those units). Rows that are not
+    is_row decode a copy of another row and store nothing."""
     buf = tl.full([ROWS * LANES], 0, tl.uint32)
     room = tl.full([ROWS * LANES], WORD_BITS, tl.int32)
-    wpos = tl.full([ROWS * LANES], 0, tl.int32)            # words the row has taken (same in every lane)
-    window = _initial_window(word_row, wpos, word_limit, WINDOW)
-    for _ in range(0, num_steps, UNROLL):
+    word_at = tl.arange(0, ROWS * LANES) % LANES           # words the row has taken + the lane's index
+    window = _initial_window(word_row, word_at, word_limit, WINDOW)
+    raw_at = raw_row + lane_at
+    out_at = out_row + lane_at
+    e1 = word_at                                           # e1..e3: unused unless GROUP needs them
+    e2 = word_at
+    e3 = word_at
+    for t in range(0, num_steps, UNROLL):
         if PREFETCH:
             # clamped to the block (raw) and the row's stream (words): never an address outside the tensors
-            ahead = tl.minimum(rel + lo + PREFETCH_STEPS * LANES, last)
+            ahead = tl.minimum(t * LANES + lane_at + PREFETCH_STEPS * LANES, last)
             for p in tl.static_range(RAW_PLANES):
                 _prefetch(raw_row + p * plane_stride + ahead)
-            _prefetch(word_row + tl.maximum(tl.minimum(wpos + PREFETCH_WORDS, word_limit - 1), 0))
-        for _u in tl.static_range(UNROLL):
-            buf, room, wpos, window, rel, raw_at, out_at = _decode_step(
-                buf, room, wpos, window, rel, raw_at, out_at, word_row, word_limit, active_end, span, plane_stride,
-                table_ptr, small, ROWS, RAW_PLANES, PREFIX, TABLE, MASKED, WINDOW)
+            _prefetch(word_row + tl.maximum(tl.minimum(word_at + PREFETCH_WORDS, word_limit - 1), 0))
+        for r in tl.static_range(UNROLL // GROUP):        # run r of this iteration: weights r * GROUP * LANES + ...
+            buf, room, word_at, window, e0 = _next_entry(buf, room, word_at, window, True, word_row, word_limit, table_ptr,
+                                                      small, ROWS, PREFIX, TABLE, False, WINDOW)
+            if GROUP >= 2:
+                buf, room, word_at, window, e1 = _next_entry(buf, room, word_at, window, True, word_row, word_limit,
+                                                          table_ptr, small, ROWS, PREFIX, TABLE, False, WINDOW)
+            if GROUP == 4:
+                buf, room, word_at, window, e2 = _next_entry(buf, room, word_at, window, True, word_row, word_limit,
+                                                          table_ptr, small, ROWS, PREFIX, TABLE, False, WINDOW)
+                buf, room, word_at, window, e3 = _next_entry(buf, room, word_at, window, True, word_row, word_limit,
+                                                          table_ptr, small, ROWS, PREFIX, TABLE, False, WINDOW)
+            if VECTOR:
+                _store_run(e0, e1, e2, e3, raw_vec + r * LANES, out_vec + r * LANES, is_row, GROUP)
+            else:
+                run = r * GROUP * LANES
+                tl.store(out_at + run, _merge(e0, raw_at + run, plane_stride, True, RAW_PLANES, False), mask=is_row)
+                if GROUP >= 2:
+                    tl.store(out_at + run + 1, _merge(e1, raw_at + run + 1, plane_stride, True, RAW_PLANES, False),
+                             mask=is_row)
+                if GROUP == 4:
+                    tl.store(out_at + run + 2, _merge(e2, raw_at + run + 2, plane_stride, True, RAW_PLANES, False),
+                             mask=is_row)
+                    tl.store(out_at + run + 3, _merge(e3, raw_at + run + 3, plane_stride, True, RAW_PLANES, False),
+                             mask=is_row)
+        raw_at += UNROLL * LANES
+        out_at += UNROLL * LANES
+        raw_vec += UNROLL // GROUP * LANES
+        out_vec += UNROLL // GROUP * LANES
 
 
 @triton.jit
-def _initial_window(word_row, wpos, word_limit, WINDOW: tl.constexpr):
+def _decode_partial(num_steps, lane, group_shift, run_mask, count, lo, span, raw_row, out_row, word_row, word_limit,
+                    plane_stride, table_ptr, small, ROWS: tl.constexpr, RAW_PLANES: tl.constexpr,
+                    PREFIX: tl.constexpr, TABLE: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr,
+                    WINDOW: tl.constexpr):
+    """Rows with a partial block or range: every step finds its weight from the block layout (the
+    row's group is 1 << group_shift = run_mask + 1) and decodes, stores and refills under masks."""
+    buf = tl.full([ROWS * LANES], 0, tl.uint32)
+    room = tl.full([ROWS * LANES], WORD_BITS, tl.int32)
+    word_at = lane + 0                                     # words the row has taken + the lane's index
+    window = _initial_window(word_row, word_at, word_limit, WINDOW)
+    lane_at = lane << group_shift
+    last = tl.maximum(count - 1, 0)
+    for t0 in range(0, num_steps, UNROLL):
+        if PREFETCH:
+            ahead = tl.minimum(t0 * LANES + lane_at + PREFETCH_STEPS * LANES, last)
+            for p in tl.static_range(RAW_PLANES):
+                _prefetch(raw_row + p * plane_stride + ahead)
+            _prefetch(word_row + tl.maximum(tl.minimum(word_at + PREFETCH_WORDS, word_limit - 1), 0))
+        for u in tl.static_range(UNROLL):
+            t = t0 + u
+            at = ((t >> group_shift) << (group_shift + 5)) + lane_at + (t & run_mask)  # weight offset in the block
+            buf, room, word_at, window, entry = _next_entry(buf, room, word_at, window, at < count, word_row, word_limit,
+                                                         table_ptr, small, ROWS, PREFIX, TABLE, True, WINDOW)
+            write = (at - lo).to(tl.uint32, bitcast=True) < span  # lo <= at < lo + span
+            value = _merge(entry, raw_row + at, plane_stride, write, RAW_PLANES, True)
+            tl.store(out_row + at, value, mask=write)
+
+
+@triton.jit
+def _initial_window(word_row, word_at, word_limit, WINDOW: tl.constexpr):
     if WINDOW:
-        window = _load_window(word_row, wpos, word_limit)
+        window = _load_window(word_row, word_at, word_limit)
     else:
-        window = wpos  # unused
+        window = word_at  # unused
     return window
 
 
 @triton.jit
-def _row_setup(words_ptr, index_ptr, raw_ptr, out_ptr, numel_total, start, stop, first_block, num_blocks, steps,
-               first_row, ROWS: tl.constexpr, UNROLL: tl.constexpr):
-    """Per-lane state and limits of blocks first_block + first_row + [0, ROWS)."""
+def _decode_rows(words_ptr, index_ptr, table_ptr, raw_ptr, out_ptr, numel_total, start, stop, first_block,
+                 num_blocks, steps, tile, ROWS: tl.constexpr, RAW_PLANES: tl.constexpr, PREFIX: tl.constexpr,
+                 TABLE: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr, WINDOW: tl.constexpr,
+                 GROUP: tl.constexpr, VECTOR: tl.constexpr):
+    """Decode blocks first_block + tile * ROWS + [0, ROWS), writing elements [start, stop).
+
+    words_ptr, table_ptr: *u16; raw_ptr: *u8; out_ptr: *i16 (16-bit weights) or *i32 (fp32).
+    """
     # one element per lane of every row, row-major: thread j of warp r is lane j of row r
     e = tl.arange(0, ROWS * LANES)
     lane = e % LANES
-    rows = first_row + e // LANES                          # block, relative to first_block
-    is_row = rows < num_blocks                             # rows past the last block decode nothing
-    block = tl.where(is_row, first_block + rows, 0).to(tl.int64)
+    rows = tile * ROWS + e // LANES                        # block, relative to first_block
+    is_row = rows < num_blocks                             # rows past the last block write nothing:
+    # they follow the tile's first block (in step with the other rows) but write nothing
+    block = (first_block + tl.where(is_row, rows, tile * ROWS)).to(tl.int64)
     block_size = steps * LANES
     elem0 = block * block_size                             # int64: first element of the block
     count = tl.where(is_row, tl.minimum(numel_total - elem0, block_size), 0)
     lo = tl.minimum(tl.maximum(start - elem0, 0), count)   # offsets [lo, hi) of the block are written
     hi = tl.minimum(tl.maximum(stop - elem0, 0), count)
     span = (hi - lo).to(tl.int32)
-    # every row a whole block, written whole, in whole loop iterations: no masks needed
-    unmasked = (tl.reduce(span, 0, _min) == block_size) & (steps % UNROLL == 0)
-    span = span.to(tl.uint32)
-    active_end = (count - lo).to(tl.int32)
-    last = tl.maximum(count - 1, 0).to(tl.int32)
-    lo = lo.to(tl.int32)
-    word0 = tl.load(index_ptr + block, mask=is_row, other=0)
-    word_limit = (tl.load(index_ptr + block + 1, mask=is_row, other=0) - word0).to(tl.int32)
+    word0 = tl.load(index_ptr + block)
+    word_limit = (tl.load(index_ptr + block + 1) - word0).to(tl.int32)
     word_row = words_ptr + word0                           # start of the row's stream
     raw_row = raw_ptr + elem0
-    raw_at = raw_row + lane                                # advanced a step at a time
-    out_at = out_ptr + (elem0 - start) + lane              # may point outside out: writes are masked
-    rel = lane - lo
-    num_steps = (tl.reduce(hi, 0, _max).to(tl.int32) + LANES - 1) // LANES   # later steps write nothing
-    return (rel, raw_at, out_at, word_row, word_limit, active_end, span, raw_row, lo, last,
-            unmasked, num_steps)
-
-
-@triton.jit
-def _decode_rows(words_ptr, index_ptr, table_ptr, raw_ptr, out_ptr, numel_total, start, stop, first_block,
-                 num_blocks, steps, tile, ROWS: tl.constexpr, RAW_PLANES: tl.constexpr, PREFIX: tl.constexpr,
-                 TABLE: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr, CHAINS: tl.constexpr,
-                 WINDOW: tl.constexpr):
-    """Decode blocks first_block + tile * ROWS * CHAINS + [0, ROWS * CHAINS), writing elements [start, stop).
-
-    With CHAINS == 2 a program runs two independent tiles of ROWS blocks step by step: twice the
-    memory requests in flight per warp, without a wider tile (whose layout the ballot could not trust).
-    """
+    out_row = out_ptr + (elem0 - start)                    # may point outside out: writes are masked
     plane_stride = numel_total.to(tl.int64)
     if TABLE == _TABLE_SHUFFLE:
         small = _small_table(table_ptr, ROWS)
     else:
         small = 0  # unused
-    (rel, raw_at, out_at, word_row, word_limit, active_end, span, raw_row, lo, last, unmasked,
-     num_steps) = _row_setup(words_ptr, index_ptr, raw_ptr, out_ptr, numel_total, start, stop, first_block,
-                             num_blocks, steps, tile * ROWS * CHAINS, ROWS, UNROLL)
-    if CHAINS == 1:
-        if unmasked:
-            _decode_loop(num_steps, rel, raw_at, out_at, word_row, word_limit, active_end, span, plane_stride,
-                         table_ptr, small, raw_row, lo, last, ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL, False,
-                         WINDOW)
+    # every row a whole block, written whole, in whole loop iterations: no masks needed (a whole
+    # block of a tensor coded with GROUP has that group, since GROUP divides steps)
+    if (tl.reduce(tl.where(is_row, span, block_size), 0, _min) == block_size) & (steps % UNROLL == 0):
+        if VECTOR:
+            # a run of GROUP 16-bit weights: GROUP raw bytes and 2 * GROUP output bytes, aligned
+            if GROUP == 2:
+                raw_vec = raw_ptr.to(tl.pointer_type(tl.int16)) + elem0 // 2 + lane
+                out_vec = out_ptr.to(tl.pointer_type(tl.int32)) + (elem0 - start) // 2 + lane
+            else:
+                raw_vec = raw_ptr.to(tl.pointer_type(tl.int32)) + elem0 // 4 + lane
+                out_vec = out_ptr.to(tl.pointer_type(tl.int64)) + (elem0 - start) // 4 + lane
         else:
-            _decode_loop(num_steps, rel, raw_at, out_at, word_row, word_limit, active_end, span, plane_stride,
-                         table_ptr, small, raw_row, lo, last, ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL, True,
-                         WINDOW)
+            raw_vec = raw_row   # unused
+            out_vec = out_row   # unused
+        _decode_whole(steps, lane * GROUP, is_row, raw_row, out_row, raw_vec, out_vec, word_row, word_limit,
+                      plane_stride, table_ptr, small, block_size - 1, ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL,
+                      WINDOW, GROUP, VECTOR)
     else:
-        (rel2, raw_at2, out_at2, word_row2, word_limit2, active_end2, span2, raw_row2, lo2, last2, unmasked2,
-         num_steps2) = _row_setup(words_ptr, index_ptr, raw_ptr, out_ptr, numel_total, start, stop, first_block,
-                                  num_blocks, steps, tile * ROWS * CHAINS + ROWS, ROWS, UNROLL)
-        num_steps = tl.maximum(num_steps, num_steps2)
-        if unmasked & unmasked2:
-            _decode_loop2(num_steps, rel, raw_at, out_at, word_row, word_limit, active_end, span, raw_row, lo, last,
-                          rel2, raw_at2, out_at2, word_row2, word_limit2, active_end2, span2, raw_row2, lo2, last2,
-                          plane_stride, table_ptr, small, ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL, False,
-                          WINDOW)
-        else:
-            _decode_loop2(num_steps, rel, raw_at, out_at, word_row, word_limit, active_end, span, raw_row, lo, last,
-                          rel2, raw_at2, out_at2, word_row2, word_limit2, active_end2, span2, raw_row2, lo2, last2,
-                          plane_stride, table_ptr, small, ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL, True,
-                          WINDOW)
-
-
-@triton.jit
-def _decode_loop2(num_steps, rel, raw_at, out_at, word_row, word_limit, active_end, span, raw_row, lo, last,
-                  rel2, raw_at2, out_at2, word_row2, word_limit2, active_end2, span2, raw_row2, lo2, last2,
-                  plane_stride, table_ptr, small, ROWS: tl.constexpr, RAW_PLANES: tl.constexpr,
-                  PREFIX: tl.constexpr, TABLE: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr,
-                  MASKED: tl.constexpr, WINDOW: tl.constexpr):
-    """_decode_loop for two independent tiles, interleaved step by step."""
-    buf = tl.full([ROWS * LANES], 0, tl.uint32)
-    room = tl.full([ROWS * LANES], WORD_BITS, tl.int32)
-    wpos = tl.full([ROWS * LANES], 0, tl.int32)
-    window = _initial_window(word_row, wpos, word_limit, WINDOW)
-    buf2 = tl.full([ROWS * LANES], 0, tl.uint32)
-    room2 = tl.full([ROWS * LANES], WORD_BITS, tl.int32)
-    wpos2 = tl.full([ROWS * LANES], 0, tl.int32)
-    window2 = _initial_window(word_row2, wpos2, word_limit2, WINDOW)
-    for _ in range(0, num_steps, UNROLL):
-        if PREFETCH:
-            ahead = tl.minimum(rel + lo + PREFETCH_STEPS * LANES, last)
-            ahead2 = tl.minimum(rel2 + lo2 + PREFETCH_STEPS * LANES, last2)
-            for p in tl.static_range(RAW_PLANES):
-                _prefetch(raw_row + p * plane_stride + ahead)
-                _prefetch(raw_row2 + p * plane_stride + ahead2)
-            _prefetch(word_row + tl.maximum(tl.minimum(wpos + PREFETCH_WORDS, word_limit - 1), 0))
-            _prefetch(word_row2 + tl.maximum(tl.minimum(wpos2 + PREFETCH_WORDS, word_limit2 - 1), 0))
-        for _u in tl.static_range(UNROLL):
-            buf, room, wpos, window, rel, raw_at, out_at = _decode_step(
-                buf, room, wpos, window, rel, raw_at, out_at, word_row, word_limit, active_end, span, plane_stride,
-                table_ptr, small, ROWS, RAW_PLANES, PREFIX, TABLE, MASKED, WINDOW)
-            buf2, room2, wpos2, window2, rel2, raw_at2, out_at2 = _decode_step(
-                buf2, room2, wpos2, window2, rel2, raw_at2, out_at2, word_row2, word_limit2, active_end2, span2,
-                plane_stride, table_ptr, small, ROWS, RAW_PLANES, PREFIX, TABLE, MASKED, WINDOW)
+        # a block whose length is not a multiple of GROUP * LANES has group 1 (codec/lanes.py)
+        grouped = count % (GROUP * LANES) == 0
+        group_shift = tl.where(grouped, GROUP.bit_length() - 1, 0).to(tl.int32)
+        group = tl.where(grouped, GROUP, 1).to(tl.int64)
+        # steps until every written weight is decoded: whole runs of the rows' groups
+        needed = (hi + group * LANES - 1) // (group * LANES) * group
+        num_steps = tl.reduce(needed, 0, _max).to(tl.int32)
+        _decode_partial(num_steps, lane, group_shift, group.to(tl.int32) - 1, count.to(tl.int32), lo.to(tl.int32), span.to(tl.uint32),
+                        raw_row, out_row, word_row, word_limit, plane_stride, table_ptr, small, ROWS, RAW_PLANES,
+                        PREFIX, TABLE, PREFETCH, UNROLL, WINDOW)
 
 
 @triton.jit
 def _decode_lanes_kernel(words_ptr, index_ptr, table_ptr, raw_ptr, out_ptr, numel_total, start, stop,
                          first_block, num_blocks, steps, ROWS: tl.constexpr, RAW_PLANES: tl.constexpr,
                          PREFIX: tl.constexpr, TABLE: tl.constexpr, PREFETCH: tl.constexpr,
-                         UNROLL: tl.constexpr, CHAINS: tl.constexpr, WINDOW: tl.constexpr):
+                         UNROLL: tl.constexpr, WINDOW: tl.constexpr, GROUP: tl.constexpr, VECTOR: tl.constexpr):
     # words_ptr int16 [W] lane words; index_ptr int64 [blocks + 1] word offset of each block;
-    # table_ptr int16 [4096 + 64] (full table, then its 6-bit first level); raw_ptr uint8 [RAW_PLANES, numel_total]; out_ptr int16/int32 [stop - start]
-    _decode_rows(words_ptr, index_ptr, table_ptr, raw_ptr, out_ptr, numel_total, start, stop, first_block,
-                 num_blocks, steps, tl.program_id(0), ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL, CHAINS, WINDOW)
+    # table_ptr int16 [4096 + 64] (full table, then its 6-bit first level); raw_ptr uint8 [RAW_PLANES, numel_total];
+    # out_ptr int16/int32 [stop - start]
+    _decode_rows(words_ptr.to(tl.pointer_type(tl.uint16)), index_ptr, table_ptr.to(tl.pointer_type(tl.uint16)),
+                 raw_ptr, out_ptr, numel_total, start, stop, first_block, num_blocks, steps, tl.program_id(0), ROWS,
+                 RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL, WINDOW, GROUP, VECTOR)
 
 
 # One row of the int64 descriptor table of a batched launch (see DecodePlan).
@@ -439,8 +475,8 @@ F_STEPS, F_FIRST_TILE, FIELDS = tl.constexpr(_F_STEPS), tl.constexpr(_F_FIRST_TI
 
 @triton.jit
 def _decode_many_kernel(desc_ptr, num_items, ROWS: tl.constexpr, RAW_PLANES: tl.constexpr, PREFIX: tl.constexpr,
-                        TABLE: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr, CHAINS: tl.constexpr,
-                        WINDOW: tl.constexpr):
+                        TABLE: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr, WINDOW: tl.constexpr,
+                        GROUP: tl.constexpr, VECTOR: tl.constexpr):
     # desc_ptr int64 [num_items, FIELDS]: one packed tensor (or row range of one) per row; programs
     # [first_tile, next item's first_tile) decode that item, ROWS blocks each
     pid = tl.program_id(0)
@@ -452,13 +488,13 @@ def _decode_many_kernel(desc_ptr, num_items, ROWS: tl.constexpr, RAW_PLANES: tl.
         out_ptr = tl.load(d + F_OUT).to(tl.pointer_type(tl.int16))
     else:
         out_ptr = tl.load(d + F_OUT).to(tl.pointer_type(tl.int32))
-    _decode_rows(tl.load(d + F_WORDS).to(tl.pointer_type(tl.int16)), tl.load(d + F_INDEX).to(tl.pointer_type(tl.int64)),
-                 tl.load(d + F_TABLE).to(tl.pointer_type(tl.int16)), tl.load(d + F_RAW).to(tl.pointer_type(tl.uint8)),
+    _decode_rows(tl.load(d + F_WORDS).to(tl.pointer_type(tl.uint16)), tl.load(d + F_INDEX).to(tl.pointer_type(tl.int64)),
+                 tl.load(d + F_TABLE).to(tl.pointer_type(tl.uint16)), tl.load(d + F_RAW).to(tl.pointer_type(tl.uint8)),
                  out_ptr, tl.load(d + F_NUMEL), tl.load(d + F_START),
                  tl.load(d + F_STOP), tl.load(d + F_FIRST_BLOCK).to(tl.int32),
                  tl.load(d + F_NUM_BLOCKS).to(tl.int32), tl.load(d + F_STEPS).to(tl.int32),
                  pid - tl.load(d + F_FIRST_TILE).to(tl.int32), ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL,
-                 CHAINS, WINDOW)
+                 WINDOW, GROUP, VECTOR)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -468,9 +504,11 @@ _INT_VIEWS = {2: torch.int16, 4: torch.int32}
 
 
 def decode_lanes(words: torch.Tensor, index: torch.Tensor, table: torch.Tensor, raw: torch.Tensor, out: torch.Tensor, *,
-                 numel_total: int, steps: int, dtype: str, start: int = 0) -> None:
-    """Decode elements [start, start + out.numel()) of a packed tensor into `out` (contiguous, dtype bf16/f16/f32 matching `dtype` "BF16"/"F16"/"F32"), on the current CUDA stream, with no allocation and no host synchronization."""
-    launch_decode(DecodeItem(words, index, table, raw, out, numel_total, steps, dtype, start))
+                 numel_total: int, steps: int, dtype: str, start: int = 0, group: int = 1) -> None:
+    """Decode elements [start, start + out.numel()) of a packed tensor into `out` (contiguous, dtype bf16/f16/f32
+    matching `dtype` "BF16"/"F16"/"F32"), on the current CUDA stream, with no allocation and no host
+    synchronization. `group` is the tensor's (PackedTensor.group)."""
+    launch_decode(DecodeItem(words, index, table, raw, out, numel_total, steps, dtype, start, group))
 
 
 @dataclass(frozen=True)
@@ -486,16 +524,34 @@ class DecodeItem:
     steps: int
     dtype: str               # "BF16", "F16" or "F32"
     start: int = 0
+    group: int = 1           # neighbouring weights a lane holds in a run (codec/lanes.py)
 
     @classmethod
     def from_packed(cls, packed, out: torch.Tensor, start: int = 0) -> "DecodeItem":
         """Item for a PackedTensor with `lanes` encoding, decoding elements [start, start + out.numel())."""
         return cls(packed.streams["words"], packed.streams["index"], packed.decode_table(out.device),
-                   packed.streams["raw"], out, packed.numel, packed.steps, packed.dtype, start)
+                   packed.streams["raw"], out, packed.numel, packed.steps, packed.dtype, start, packed.group)
 
     def check(self) -> floats.FloatLayout:
         return _check_args(self.words, self.index, self.table, self.raw, self.out, self.numel_total, self.steps,
-                           self.dtype, self.start)
+                           self.dtype, self.start, self.group)
+
+    def can_vector(self) -> bool:
+        """Whether the kernel may read a run's raw bytes and write its weights with one access each:
+        16-bit weights in runs, the runs aligned in `raw` and `out` (a view at an odd offset is not)."""
+        return (self.group > 1 and floats.LAYOUTS[self.dtype].raw_planes == 1 and self.raw.data_ptr() % self.group == 0
+                and (self.out.data_ptr() - 2 * self.start) % (2 * self.group) == 0)
+
+    def pieces(self) -> list["DecodeItem"]:
+        """The item as up to three items: a partial first block, the whole blocks, a partial last block
+        (the whole blocks then decode without masks, in tiles of their own)."""
+        block_size = _LANES * self.steps
+        start, stop = self.start, self.start + self.out.numel()
+        whole_start = min(-(-start // block_size) * block_size, stop)
+        whole_stop = max(stop // block_size * block_size, whole_start)
+        cuts = sorted({start, whole_start, whole_stop, stop})
+        flat = self.out.reshape(-1)
+        return [replace(self, out=flat[a - start : b - start], start=a) for a, b in zip(cuts, cuts[1:])]
 
     def blocks(self) -> tuple[int, int]:
         """(first block, number of blocks) that hold the decoded range."""
@@ -509,21 +565,21 @@ def launch_decode(item: DecodeItem, config: DecodeConfig | None = None) -> None:
     layout = item.check()
     if item.out.numel() == 0:
         return
-    config = _effective_config(config or DEFAULT_CONFIG, item.out.device, layout.raw_planes, batched=False)
+    config = _effective_config(config or DEFAULT_CONFIG, item.out.device, batched=False)
     first_block, num_blocks = item.blocks()
     args = (item.words.view(torch.int16), item.index.view(torch.int64), item.table, item.raw,
             item.out.view(_INT_VIEWS[layout.width]), item.numel_total, item.start, item.start + item.out.numel(),
             first_block, num_blocks, item.steps)
+    shape = _KernelShape(layout.raw_planes, item.group, item.can_vector())
 
     def launch(cfg: DecodeConfig):
-        grid = (triton.cdiv(num_blocks, cfg.rows * cfg.chains),)
-        return _decode_lanes_kernel[grid](*args, **_constexprs(cfg, layout.raw_planes))
+        return _decode_lanes_kernel[(triton.cdiv(num_blocks, cfg.rows),)](*args, **shape.constexprs(cfg))
 
-    _launch_checked(launch, config, layout.raw_planes, batched=False)
+    _launch_checked(launch, config, batched=False)
 
 
 def decode_lanes_many(items: list[DecodeItem], config: DecodeConfig | None = None) -> None:
-    """Decode several items with one launch per output width (builds a throw-away DecodePlan).
+    """Decode several items with one launch per kind of item (builds a throw-away DecodePlan).
 
     This allocates the plan's descriptor table; to decode the same items repeatedly without
     allocating, build a DecodePlan once and call its `launch()`.
@@ -531,8 +587,23 @@ def decode_lanes_many(items: list[DecodeItem], config: DecodeConfig | None = Non
     DecodePlan(items, config).launch()
 
 
+@dataclass(frozen=True, order=True)
+class _KernelShape:
+    """What a compiled kernel is specialized for, beside its DecodeConfig."""
+
+    raw_planes: int    # 1: 16-bit weights, 3: fp32
+    group: int         # the tensors' group
+    vector: bool       # runs read and written with one access (DecodeConfig.vector and DecodeItem.can_vector)
+
+    def constexprs(self, config: DecodeConfig) -> dict:
+        return dict(ROWS=config.rows, RAW_PLANES=self.raw_planes, PREFIX=config.prefix, TABLE=config.table,
+                    PREFETCH=config.prefetch, UNROLL=max(config.unroll, self.group), WINDOW=config.window,
+                    GROUP=self.group, VECTOR=self.vector and config.vector, num_warps=config.num_warps)
+
+
 class DecodePlan:
-    """Several items (e.g. the seven matrices of a layer) decoded by one launch per output width.
+    """Several items (e.g. the seven matrices of a layer) decoded by one launch per kind of item (output
+    width and group: one launch for a layer of bf16 weights).
 
     Built once: it checks every item and copies a small int64 descriptor table (pointers and
     sizes, one row per item) to the device. `launch()` then runs on the current stream with no
@@ -548,23 +619,26 @@ class DecodePlan:
             raise UnweightError(f"DecodePlan: items are on several devices ({', '.join(sorted(devices))}); "
                                 f"build one plan per device")
         self.items = items
-        self._groups = []   # (raw_planes, config, descriptor table, number of items, number of programs)
-        for planes in sorted({floats.LAYOUTS[item.dtype].raw_planes for item in items}):
-            group = [item for item in items if floats.LAYOUTS[item.dtype].raw_planes == planes]
-            cfg = _effective_config(config or DEFAULT_CONFIG, group[0].out.device, planes, batched=True)
-            table, num_tiles = _descriptor_table(group, cfg.rows * cfg.chains)
-            self._groups.append((planes, cfg, table.to(group[0].out.device), len(group), num_tiles))
+        self._launches = []   # (kernel shape, config, descriptor table, number of items, number of programs)
+        kinds: dict[tuple[int, int], list[DecodeItem]] = {}
+        for item in items:
+            kinds.setdefault((floats.LAYOUTS[item.dtype].raw_planes, item.group), []).extend(item.pieces())
+        for (planes, group), kind in sorted(kinds.items()):
+            shape = _KernelShape(planes, group, all(item.can_vector() for item in kind))
+            cfg = _effective_config(config or DEFAULT_CONFIG, kind[0].out.device, batched=True)
+            table, num_tiles = _descriptor_table(kind, cfg.rows)
+            self._launches.append((shape, cfg, table.to(kind[0].out.device), len(kind), num_tiles))
 
     def launch(self) -> None:
-        for planes, cfg, table, num_items, num_tiles in self._groups:
-            def launch(c: DecodeConfig, table=table, num_items=num_items, num_tiles=num_tiles, planes=planes):
-                return _decode_many_kernel[(num_tiles,)](table, num_items, **_constexprs(c, planes))
+        for shape, cfg, table, num_items, num_tiles in self._launches:
+            def launch(c: DecodeConfig, table=table, num_items=num_items, num_tiles=num_tiles, shape=shape):
+                return _decode_many_kernel[(num_tiles,)](table, num_items, **shape.constexprs(c))
 
-            _launch_checked(launch, _effective_config(cfg, table.device, planes, batched=True), planes, batched=True)
+            _launch_checked(launch, _effective_config(cfg, table.device, batched=True), batched=True)
 
     def configs(self) -> list[DecodeConfig]:
-        """The configuration each launch uses now (one per output width)."""
-        return [_effective_config(cfg, table.device, planes, batched=True) for planes, cfg, table, _, _ in self._groups]
+        """The configuration each launch uses now (one per kind of item)."""
+        return [_effective_config(cfg, table.device, batched=True) for _, cfg, table, _, _ in self._launches]
 
 
 def _descriptor_table(items: list[DecodeItem], rows: int) -> tuple[torch.Tensor, int]:
@@ -583,22 +657,17 @@ def _descriptor_table(items: list[DecodeItem], rows: int) -> tuple[torch.Tensor,
     return table, first_tile
 
 
-def _constexprs(config: DecodeConfig, raw_planes: int) -> dict:
-    return dict(ROWS=config.rows, CHAINS=config.chains, RAW_PLANES=raw_planes, PREFIX=config.prefix, TABLE=config.table,
-                PREFETCH=config.prefetch, UNROLL=config.unroll, WINDOW=config.window, num_warps=config.num_warps)
-
-
-def _launch_checked(launch, config: DecodeConfig, raw_planes: int, batched: bool) -> None:
+def _launch_checked(launch, config: DecodeConfig, batched: bool) -> None:
     """Launch; if the ballot prefix turns out unsafe for the compiled layout, decode again without it."""
     compiled = launch(config)
     if config.prefix == PREFIX_BALLOT and not _ballot_layout_ok(compiled):
         # the same outputs are decoded again, in stream order, with the portable prefix
         logger.warning("decode kernel: ballot prefix unsafe for %s; using the scan prefix", config)
-        _BALLOT_UNSAFE.add((config, raw_planes, batched))
+        _BALLOT_UNSAFE.add((config, batched))
         launch(replace(config, prefix=PREFIX_SCAN))
 
 
-def _check_args(words, index, table, raw, out, numel_total, steps, dtype, start) -> floats.FloatLayout:
+def _check_args(words, index, table, raw, out, numel_total, steps, dtype, start, group) -> floats.FloatLayout:
     """Refuse inputs the kernel would misread; every check is on metadata (no device sync)."""
     if dtype not in _OUT_DTYPES:
         raise UnweightError(f"decode_lanes: dtype {dtype!r} is not coded with lanes; expected one of "
@@ -607,6 +676,9 @@ def _check_args(words, index, table, raw, out, numel_total, steps, dtype, start)
     if out.dtype != _OUT_DTYPES[dtype] or not out.is_contiguous():
         raise UnweightError(f"decode_lanes: output must be a contiguous {_OUT_DTYPES[dtype]} tensor, got "
                             f"{out.dtype} with strides {tuple(out.stride())}")
+    if group not in _GROUPS or steps % group:
+        raise UnweightError(f"decode_lanes: group {group!r} with steps {steps}: the group must be one of "
+                            f"{_GROUPS} and divide steps")
     if steps < 1 or numel_total < 0 or not 0 <= start <= start + out.numel() <= numel_total:
         raise UnweightError(f"decode_lanes: elements [{start}, {start + out.numel()}) are not inside a tensor of "
                             f"{numel_total} elements (steps={steps})")
@@ -633,24 +705,23 @@ def _check_args(words, index, table, raw, out, numel_total, steps, dtype, start)
     return layout
 
 
-def effective_config(config: DecodeConfig | None, device: torch.device, dtype: str,
-                     batched: bool = False) -> DecodeConfig:
-    """The configuration a launch with `config` runs on `device` for `dtype`, after the fallbacks
-    known so far (interpreter: no inline PTX; ballot prefix found unsafe for the compiled layout)."""
-    return _effective_config(config or DEFAULT_CONFIG, torch.device(device), floats.LAYOUTS[dtype].raw_planes, batched)
+def effective_config(config: DecodeConfig | None, device: torch.device, batched: bool = False) -> DecodeConfig:
+    """The configuration a launch with `config` runs on `device`, after the fallbacks known so far
+    (interpreter: no inline PTX; ballot prefix found unsafe for the compiled layout)."""
+    return _effective_config(config or DEFAULT_CONFIG, torch.device(device), batched)
 
 
-def _effective_config(config: DecodeConfig, device: torch.device, raw_planes: int, batched: bool) -> DecodeConfig:
+def _effective_config(config: DecodeConfig, device: torch.device, batched: bool) -> DecodeConfig:
     """Drop inline PTX where it cannot run (interpreter) or where it proved unsafe."""
     if device.type != "cuda":
         return config if config.prefix == PREFIX_SCAN and not config.prefetch else config.portable()
-    if config.prefix == PREFIX_BALLOT and (config, raw_planes, batched) in _BALLOT_UNSAFE:
+    if config.prefix == PREFIX_BALLOT and (config, batched) in _BALLOT_UNSAFE:
         return replace(config, prefix=PREFIX_SCAN)
     return config
 
 
 _BALLOT_CHECKED: dict = {}     # id(compiled kernel) -> (kernel, whether its ballot operands are lane-major)
-_BALLOT_UNSAFE: set = set()    # (config, raw_planes, batched) whose compiled layout failed the check
+_BALLOT_UNSAFE: set = set()    # (config, batched) whose compiled layout failed the check
 
 
 def _ballot_layout_ok(compiled) -> bool:
