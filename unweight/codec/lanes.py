@@ -53,9 +53,8 @@ _block_group = numba.njit(cache=True, nogil=True, inline="always")(block_group)
 
 
 @numba.njit(cache=True, nogil=True)
-def _pack_lane(values, first, num, group, shift, aligned, lengths, words, steps_of, base, uncoded):
-    """Pack one lane's codes MSB-first into words[base:]: of values[first], then the lane's next
-    symbols in the block's layout (runs of `group` neighbours, runs LANES * group apart).
+def _pack_lane(values, first, num, stride, shift, aligned, lengths, words, steps_of, base, uncoded):
+    """Pack one lane's codes (of values[first], values[first + stride], ...) MSB-first into words[base:].
 
     Follows the decoder's refill rule on the way (a lane with fewer than MAX_CODE_LEN bits buffered
     takes its next word) and records in steps_of[base + w] the step at which the decoder takes word w
@@ -69,8 +68,6 @@ def _pack_lane(values, first, num, group, shift, aligned, lengths, words, steps_
     taken = U64(base)   # words the decoder has taken
     missing = U32(0)
     i = U64(first)
-    last_of_run = U64(group - 1)
-    run_skip = U64(group * LANES - group)  # from the last symbol of a run to the first of the next, less 1
     for k in range(num):
         # the decoder takes a word whenever it holds fewer than MAX_CODE_LEN bits, so by this step it
         # has taken ceil((bits before this symbol + MAX_CODE_LEN) / 16) words: if that is one more
@@ -87,7 +84,7 @@ def _pack_lane(values, first, num, group, shift, aligned, lengths, words, steps_
         done += U64(full)
         acc <<= full << U32(4)
         fill -= full << U32(4)
-        i += U64(1) + U64((U64(k) & last_of_run) == last_of_run) * run_skip
+        i += U64(stride)
     if fill > U32(0):
         words[done] = np.uint16(acc >> U32(16))
         done += U64(1)
@@ -100,20 +97,27 @@ def _pack_lane(values, first, num, group, shift, aligned, lengths, words, steps_
 
 @numba.njit(cache=True, nogil=True)
 def _encode_block(values, start, count, group, shift, aligned, lengths, words, steps_of, taken, slot, uncoded, out,
-                  out_pos):
+                  out_pos, by_lane):
     """Encode one block into out[out_pos:]; returns the number of words written.
 
     Each lane is packed on its own (_pack_lane, into words), then the lanes' words are placed in the
     stream in the order the lockstep decoder takes them: by step, then by lane (a counting sort on
-    the step, in slot).
+    the step, in slot). With runs (group > 1) the block's symbols are first copied lane after lane
+    into by_lane, so that a lane reads them in order (a stride the CPU's prefetcher follows).
     """
     steps = -(-count // LANES)
     max_words = words.size // LANES
     g = _block_group(count, group)
+    if g > 1:
+        _gather_lanes(values, start, count, g, by_lane)
     for lane in range(LANES):
         num = (count - lane + LANES - 1) // LANES
-        taken[lane] = _pack_lane(values, start + lane * g, num, g, shift, aligned, lengths, words, steps_of,
-                                 lane * max_words, uncoded)
+        if g > 1:
+            taken[lane] = _pack_lane(by_lane, lane * num, num, 1, shift, aligned, lengths, words, steps_of,
+                                     lane * max_words, uncoded)
+        else:
+            taken[lane] = _pack_lane(values, start + lane, num, LANES, shift, aligned, lengths, words, steps_of,
+                                     lane * max_words, uncoded)
     slot[: steps + 1] = 0  # slot[t + 1]: words taken at step t, then where step t's words go
     for lane in range(LANES):
         base = U64(lane * max_words)
@@ -130,6 +134,23 @@ def _encode_block(values, start, count, group, shift, aligned, lengths, words, s
     return slot[steps - 1]
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _gather_lanes(values, start, count, g, by_lane):
+    """by_lane[j * per_lane + k] = lane j's k-th symbol of the block (runs of g neighbours)."""
+    per_lane = U64(count // LANES)
+    src = U64(start)
+    for r in range(count // LANES // g):
+        dst = U64(r * g)
+        for lane in range(LANES):
+            by_lane[dst] = values[src]
+            by_lane[dst + U64(1)] = values[src + U64(1)]
+            if g == 4:
+                by_lane[dst + U64(2)] = values[src + U64(2)]
+                by_lane[dst + U64(3)] = values[src + U64(3)]
+            src += U64(g)
+            dst += per_lane
+
+
 @numba.njit(cache=True, nogil=True)
 def _encode(values, shift, aligned, lengths, steps, group, out, index, uncoded):
     block_size = LANES * steps
@@ -138,11 +159,12 @@ def _encode(values, shift, aligned, lengths, steps, group, out, index, uncoded):
     steps_of = np.empty(LANES * max_words, dtype=np.uint32)  # the symbol each word is taken for
     taken = np.empty(LANES, dtype=np.uint64)
     slot = np.empty(steps + 1, dtype=np.uint64)
+    by_lane = np.empty(block_size if group > 1 else 0, dtype=values.dtype)
     for b in range(index.size - 1):
         start = b * block_size
         count = min(block_size, values.size - start)
         index[b + 1] = index[b] + _encode_block(values, start, count, group, shift, aligned, lengths, words,
-                                                steps_of, taken, slot, uncoded, out, index[b])
+                                                steps_of, taken, slot, uncoded, out, index[b], by_lane)
 
 
 def check_group(group: int, steps: int) -> None:
@@ -187,23 +209,43 @@ def _count_words(values, shift, lengths, steps, group, counts):
     step k (see _pack_lane), so a lane of codes of n_0 .. n_last bits takes
     ceil((n_0 + ... + n_last - n_last + MAX_CODE_LEN) / 16) words."""
     block_size = LANES * steps
-    coded = np.empty(LANES * GROUPS[-1], dtype=np.uint64)  # bits of the codes at each place of a run-row
+    coded = np.empty(LANES, dtype=np.uint64)  # bits of each lane's codes
     for b in range(counts.size):
         start = b * block_size
         count = min(block_size, values.size - start)
         g = _block_group(count, group)
         row = LANES * g                                    # symbols of one run of every lane
         coded[:] = 0
-        tail = start + count // row * row
-        for col in range(0, row, 8):  # 8 places at a time, their sums in registers
-            _sum8(values, U64(start + col), U64(tail + col), U64(row), shift, lengths, coded, col)
-        for i in range(tail, start + count):               # group 1 only: a last, partial step
-            coded[i - tail] += lengths[U64((values[U64(i)] >> shift) & 0xFF)]
+        if g == 1:
+            tail = start + count // LANES * LANES
+            for lane in range(0, LANES, 8):  # 8 lanes at a time, their sums in registers
+                _sum8(values, U64(start + lane), U64(tail + lane), shift, lengths, coded, lane)
+            for i in range(tail, start + count):               # a last, partial step
+                coded[i - tail] += lengths[U64((values[U64(i)] >> shift) & 0xFF)]
+        else:
+            for r in range(start, start + count, row):         # runs: one pass in order, 8 symbols at a time
+                i = U64(r)
+                for lane in range(0, LANES, 8 // g):
+                    c0 = U64(lengths[U64((values[i] >> shift) & 0xFF)])
+                    c1 = U64(lengths[U64((values[i + U64(1)] >> shift) & 0xFF)])
+                    c2 = U64(lengths[U64((values[i + U64(2)] >> shift) & 0xFF)])
+                    c3 = U64(lengths[U64((values[i + U64(3)] >> shift) & 0xFF)])
+                    c4 = U64(lengths[U64((values[i + U64(4)] >> shift) & 0xFF)])
+                    c5 = U64(lengths[U64((values[i + U64(5)] >> shift) & 0xFF)])
+                    c6 = U64(lengths[U64((values[i + U64(6)] >> shift) & 0xFF)])
+                    c7 = U64(lengths[U64((values[i + U64(7)] >> shift) & 0xFF)])
+                    if g == 4:
+                        coded[lane] += c0 + c1 + c2 + c3
+                        coded[lane + 1] += c4 + c5 + c6 + c7
+                    else:
+                        coded[lane] += c0 + c1
+                        coded[lane + 1] += c2 + c3
+                        coded[lane + 2] += c4 + c5
+                        coded[lane + 3] += c6 + c7
+                    i += U64(8)
         words = U64(0)
         for lane in range(min(LANES, count)):
-            bits = U64(0)
-            for q in range(lane * g, lane * g + g):
-                bits += coded[q]
+            bits = coded[lane]
             if g == 1:
                 last = start + lane + (count - lane - 1) // LANES * LANES  # the lane's last symbol
             else:
@@ -214,7 +256,7 @@ def _count_words(values, shift, lengths, steps, group, counts):
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _sum8(values, i, stop, stride, shift, lengths, coded, col):
+def _sum8(values, i, stop, shift, lengths, coded, lane):
     c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = U64(0)
     while i < stop:
         c0 += U64(lengths[U64((values[i] >> shift) & 0xFF)])
@@ -225,15 +267,15 @@ def _sum8(values, i, stop, stride, shift, lengths, coded, col):
         c5 += U64(lengths[U64((values[i + U64(5)] >> shift) & 0xFF)])
         c6 += U64(lengths[U64((values[i + U64(6)] >> shift) & 0xFF)])
         c7 += U64(lengths[U64((values[i + U64(7)] >> shift) & 0xFF)])
-        i += stride
-    coded[col] += c0
-    coded[col + 1] += c1
-    coded[col + 2] += c2
-    coded[col + 3] += c3
-    coded[col + 4] += c4
-    coded[col + 5] += c5
-    coded[col + 6] += c6
-    coded[col + 7] += c7
+        i += U64(LANES)
+    coded[lane] += c0
+    coded[lane + 1] += c1
+    coded[lane + 2] += c2
+    coded[lane + 3] += c3
+    coded[lane + 4] += c4
+    coded[lane + 5] += c5
+    coded[lane + 6] += c6
+    coded[lane + 7] += c7
 
 
 def block_index(values: np.ndarray, lengths: np.ndarray, steps: int, shift: int = 0, group: int = 1) -> np.ndarray:

@@ -296,18 +296,15 @@ def _store_run(e0, e1, e2, e3, raw_vec, out_vec, write, GROUP: tl.constexpr):
 
 @triton.jit
 def _decode_whole(num_steps, lane_at, is_row, raw_row, out_row, raw_vec, out_vec, word_row, word_limit,
-                  plane_stride, table_ptr, small, last, ROWS: tl.constexpr, RAW_PLANES: tl.constexpr, PREFIX: tl.constexpr,
-                  TABLE: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr, WINDOW: tl.constexpr,
-                  GROUP: tl.constexpr, VECTOR: tl.constexpr):
+                  plane_stride, table_ptr, small, last, ROWS: tl.constexpr, RAW_PLANES: tl.constexpr,
+                  PREFIX: tl.constexpr, TABLE: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr,
+                  WINDOW: tl.constexpr, GROUP: tl.constexpr, VECTOR: tl.constexpr):
     """Every row a whole block, written whole: no masks. Each lane decodes runs of GROUP neighbouring
     weights (the block layout, codec/lanes.py); lane_at = lane * GROUP, the lane's first weight.
     With VECTOR (16-bit weights, GROUP 2 or 4) a run's raw bytes are one load and its weights one
     store (raw_vec / out_vec point at the lane's first run in those units). Rows that are not
     is_row decode a copy of another row and store nothing."""
-    buf = tl.full([ROWS * LANES], 0, tl.uint32)
-    room = tl.full([ROWS * LANES], WORD_BITS, tl.int32)
-    word_at = tl.arange(0, ROWS * LANES) % LANES           # words the row has taken + the lane's index
-    window = _initial_window(word_row, word_at, word_limit, WINDOW)
+    buf, room, word_at, window = _initial_state(word_row, word_limit, ROWS, WINDOW)
     raw_at = raw_row + lane_at
     out_at = out_row + lane_at
     e1 = word_at                                           # e1..e3: unused unless GROUP needs them
@@ -315,22 +312,18 @@ def _decode_whole(num_steps, lane_at, is_row, raw_row, out_row, raw_vec, out_vec
     e3 = word_at
     for t in range(0, num_steps, UNROLL):
         if PREFETCH:
-            # clamped to the block (raw) and the row's stream (words): never an address outside the tensors
-            ahead = tl.minimum(t * LANES + lane_at + PREFETCH_STEPS * LANES, last)
-            for p in tl.static_range(RAW_PLANES):
-                _prefetch(raw_row + p * plane_stride + ahead)
-            _prefetch(word_row + tl.maximum(tl.minimum(word_at + PREFETCH_WORDS, word_limit - 1), 0))
+            _prefetch_ahead(raw_row, plane_stride, t * LANES + lane_at, last, word_row, word_at, word_limit, RAW_PLANES)
         for r in tl.static_range(UNROLL // GROUP):        # run r of this iteration: weights r * GROUP * LANES + ...
-            buf, room, word_at, window, e0 = _next_entry(buf, room, word_at, window, True, word_row, word_limit, table_ptr,
-                                                      small, ROWS, PREFIX, TABLE, False, WINDOW)
+            buf, room, word_at, window, e0 = _next_entry(buf, room, word_at, window, True, word_row, word_limit,
+                                                         table_ptr, small, ROWS, PREFIX, TABLE, False, WINDOW)
             if GROUP >= 2:
                 buf, room, word_at, window, e1 = _next_entry(buf, room, word_at, window, True, word_row, word_limit,
-                                                          table_ptr, small, ROWS, PREFIX, TABLE, False, WINDOW)
+                                                             table_ptr, small, ROWS, PREFIX, TABLE, False, WINDOW)
             if GROUP == 4:
                 buf, room, word_at, window, e2 = _next_entry(buf, room, word_at, window, True, word_row, word_limit,
-                                                          table_ptr, small, ROWS, PREFIX, TABLE, False, WINDOW)
+                                                             table_ptr, small, ROWS, PREFIX, TABLE, False, WINDOW)
                 buf, room, word_at, window, e3 = _next_entry(buf, room, word_at, window, True, word_row, word_limit,
-                                                          table_ptr, small, ROWS, PREFIX, TABLE, False, WINDOW)
+                                                             table_ptr, small, ROWS, PREFIX, TABLE, False, WINDOW)
             if VECTOR:
                 _store_run(e0, e1, e2, e3, raw_vec + r * LANES, out_vec + r * LANES, is_row, GROUP)
             else:
@@ -357,35 +350,45 @@ def _decode_partial(num_steps, lane, group_shift, run_mask, count, lo, span, raw
                     WINDOW: tl.constexpr):
     """Rows with a partial block or range: every step finds its weight from the block layout (the
     row's group is 1 << group_shift = run_mask + 1) and decodes, stores and refills under masks."""
-    buf = tl.full([ROWS * LANES], 0, tl.uint32)
-    room = tl.full([ROWS * LANES], WORD_BITS, tl.int32)
-    word_at = lane + 0                                     # words the row has taken + the lane's index
-    window = _initial_window(word_row, word_at, word_limit, WINDOW)
+    buf, room, word_at, window = _initial_state(word_row, word_limit, ROWS, WINDOW)
     lane_at = lane << group_shift
     last = tl.maximum(count - 1, 0)
     for t0 in range(0, num_steps, UNROLL):
         if PREFETCH:
-            ahead = tl.minimum(t0 * LANES + lane_at + PREFETCH_STEPS * LANES, last)
-            for p in tl.static_range(RAW_PLANES):
-                _prefetch(raw_row + p * plane_stride + ahead)
-            _prefetch(word_row + tl.maximum(tl.minimum(word_at + PREFETCH_WORDS, word_limit - 1), 0))
+            _prefetch_ahead(raw_row, plane_stride, t0 * LANES + lane_at, last, word_row, word_at, word_limit,
+                            RAW_PLANES)
         for u in tl.static_range(UNROLL):
             t = t0 + u
             at = ((t >> group_shift) << (group_shift + 5)) + lane_at + (t & run_mask)  # weight offset in the block
-            buf, room, word_at, window, entry = _next_entry(buf, room, word_at, window, at < count, word_row, word_limit,
-                                                         table_ptr, small, ROWS, PREFIX, TABLE, True, WINDOW)
+            buf, room, word_at, window, entry = _next_entry(buf, room, word_at, window, at < count, word_row,
+                                                            word_limit, table_ptr, small, ROWS, PREFIX, TABLE,
+                                                            True, WINDOW)
             write = (at - lo).to(tl.uint32, bitcast=True) < span  # lo <= at < lo + span
             value = _merge(entry, raw_row + at, plane_stride, write, RAW_PLANES, True)
             tl.store(out_row + at, value, mask=write)
 
 
 @triton.jit
-def _initial_window(word_row, word_at, word_limit, WINDOW: tl.constexpr):
+def _initial_state(word_row, word_limit, ROWS: tl.constexpr, WINDOW: tl.constexpr):
+    """buf, room, word_at and window of every lane before its first step (see _next_entry)."""
+    buf = tl.full([ROWS * LANES], 0, tl.uint32)
+    room = tl.full([ROWS * LANES], WORD_BITS, tl.int32)
+    word_at = tl.arange(0, ROWS * LANES) % LANES           # words the row has taken + the lane's index
     if WINDOW:
         window = _load_window(word_row, word_at, word_limit)
     else:
         window = word_at  # unused
-    return window
+    return buf, room, word_at, window
+
+
+@triton.jit
+def _prefetch_ahead(raw_row, plane_stride, at, last, word_row, word_at, word_limit, RAW_PLANES: tl.constexpr):
+    """Prefetch the raw bytes PREFETCH_STEPS steps after weight offset `at` and the words PREFETCH_WORDS
+    ahead, clamped to the block (raw) and the row's stream (words): never an address outside the tensors."""
+    ahead = tl.minimum(at + PREFETCH_STEPS * LANES, last)
+    for p in tl.static_range(RAW_PLANES):
+        _prefetch(raw_row + p * plane_stride + ahead)
+    _prefetch(word_row + tl.maximum(tl.minimum(word_at + PREFETCH_WORDS, word_limit - 1), 0))
 
 
 @triton.jit
@@ -435,8 +438,8 @@ def _decode_rows(words_ptr, index_ptr, table_ptr, raw_ptr, out_ptr, numel_total,
             raw_vec = raw_row   # unused
             out_vec = out_row   # unused
         _decode_whole(steps, lane * GROUP, is_row, raw_row, out_row, raw_vec, out_vec, word_row, word_limit,
-                      plane_stride, table_ptr, small, block_size - 1, ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL,
-                      WINDOW, GROUP, VECTOR)
+                      plane_stride, table_ptr, small, block_size - 1, ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH,
+                      UNROLL, WINDOW, GROUP, VECTOR)
     else:
         # a block whose length is not a multiple of GROUP * LANES has group 1 (codec/lanes.py)
         grouped = count % (GROUP * LANES) == 0
@@ -445,9 +448,9 @@ def _decode_rows(words_ptr, index_ptr, table_ptr, raw_ptr, out_ptr, numel_total,
         # steps until every written weight is decoded: whole runs of the rows' groups
         needed = (hi + group * LANES - 1) // (group * LANES) * group
         num_steps = tl.reduce(needed, 0, _max).to(tl.int32)
-        _decode_partial(num_steps, lane, group_shift, group.to(tl.int32) - 1, count.to(tl.int32), lo.to(tl.int32), span.to(tl.uint32),
-                        raw_row, out_row, word_row, word_limit, plane_stride, table_ptr, small, ROWS, RAW_PLANES,
-                        PREFIX, TABLE, PREFETCH, UNROLL, WINDOW)
+        _decode_partial(num_steps, lane, group_shift, group.to(tl.int32) - 1, count.to(tl.int32), lo.to(tl.int32),
+                        span.to(tl.uint32), raw_row, out_row, word_row, word_limit, plane_stride, table_ptr, small,
+                        ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL, WINDOW)
 
 
 @triton.jit
@@ -459,8 +462,8 @@ def _decode_lanes_kernel(words_ptr, index_ptr, table_ptr, raw_ptr, out_ptr, nume
     # table_ptr int16 [4096 + 64] (full table, then its 6-bit first level); raw_ptr uint8 [RAW_PLANES, numel_total];
     # out_ptr int16/int32 [stop - start]
     _decode_rows(words_ptr.to(tl.pointer_type(tl.uint16)), index_ptr, table_ptr.to(tl.pointer_type(tl.uint16)),
-                 raw_ptr, out_ptr, numel_total, start, stop, first_block, num_blocks, steps, tl.program_id(0), ROWS,
-                 RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL, WINDOW, GROUP, VECTOR)
+                 raw_ptr, out_ptr, numel_total, start, stop, first_block, num_blocks, steps, tl.program_id(0),
+                 ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL, WINDOW, GROUP, VECTOR)
 
 
 # One row of the int64 descriptor table of a batched launch (see DecodePlan).
@@ -488,13 +491,14 @@ def _decode_many_kernel(desc_ptr, num_items, ROWS: tl.constexpr, RAW_PLANES: tl.
         out_ptr = tl.load(d + F_OUT).to(tl.pointer_type(tl.int16))
     else:
         out_ptr = tl.load(d + F_OUT).to(tl.pointer_type(tl.int32))
-    _decode_rows(tl.load(d + F_WORDS).to(tl.pointer_type(tl.uint16)), tl.load(d + F_INDEX).to(tl.pointer_type(tl.int64)),
+    _decode_rows(tl.load(d + F_WORDS).to(tl.pointer_type(tl.uint16)),
+                 tl.load(d + F_INDEX).to(tl.pointer_type(tl.int64)),
                  tl.load(d + F_TABLE).to(tl.pointer_type(tl.uint16)), tl.load(d + F_RAW).to(tl.pointer_type(tl.uint8)),
                  out_ptr, tl.load(d + F_NUMEL), tl.load(d + F_START),
                  tl.load(d + F_STOP), tl.load(d + F_FIRST_BLOCK).to(tl.int32),
                  tl.load(d + F_NUM_BLOCKS).to(tl.int32), tl.load(d + F_STEPS).to(tl.int32),
-                 pid - tl.load(d + F_FIRST_TILE).to(tl.int32), ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL,
-                 WINDOW, GROUP, VECTOR)
+                 pid - tl.load(d + F_FIRST_TILE).to(tl.int32), ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH,
+                 UNROLL, WINDOW, GROUP, VECTOR)
 
 
 # ----------------------------------------------------------------------------- launchers
