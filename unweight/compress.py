@@ -22,9 +22,9 @@ from typing import TypeVar
 import numpy as np
 
 from . import __version__
-from .codec import floats
+from .codec import floats, lanes
 from .codec.tensor import TASK_BYTES, Pending, TensorEncoder, TensorJob, TensorPlan, TensorSource, choose_steps
-from .errors import DestinationError
+from .errors import DestinationError, UnweightError
 from .format.output_dir import atomic_directory
 from .format.manifest import MANIFEST_NAME, SHARD_ROLES, Manifest, SourceFile, TensorRecord
 from .format.safetensors_file import (SafetensorsHeader, TensorEntry, U8TensorWriter, read_entries, read_header,
@@ -85,6 +85,8 @@ def compress(src: str | Path, dst: str | Path, *, force: bool = False, verify: b
     `steps` fixes the block length of every coded tensor; by default it is chosen per tensor
     (codec.tensor.choose_steps).
     """
+    if steps is not None and not 1 <= steps <= lanes.MAX_STEPS:
+        raise UnweightError(f"steps must be between 1 and {lanes.MAX_STEPS}, got {steps}")
     source = resolve_source(src)
     dst = Path(dst).expanduser().absolute()
     _check_destination(source, dst, force)

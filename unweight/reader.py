@@ -19,8 +19,6 @@ from .format.safetensors_file import DTYPE_SIZES, SafetensorsHeader, read_header
 from .packed import PackedTensor, tensor_from_bytes
 from .sources import resolve_source
 
-MAX_STEPS = 1 << 16
-
 
 class PackedReader:
     """Tensors of a packed directory; shard headers are parsed once, streams read on demand."""
@@ -160,7 +158,7 @@ def _check_streams(p: PackedTensor, where: str) -> None:
         raise CorruptDataError(f"{where}: holds {p.streams['data'].numel()} bytes, expected {p.numel * width}")
     if p.encoding != "lanes":
         return
-    if p.dtype not in floats.LAYOUTS or not 1 <= p.steps <= MAX_STEPS:
+    if p.dtype not in floats.LAYOUTS or not 1 <= p.steps <= lanes.MAX_STEPS:
         raise CorruptDataError(f"{where}: invalid coded dtype {p.dtype} or steps {p.steps}")
     if p.group not in lanes.GROUPS or p.steps % p.group:
         raise CorruptDataError(f"{where}: invalid group {p.group!r} (one of {lanes.GROUPS}, dividing steps {p.steps})")

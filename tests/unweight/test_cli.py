@@ -207,3 +207,14 @@ def test_fp16_only_checkpoint(tmp_path, cli):
     save_file({"w": torch.randn(100, 10).half()}, src)
     assert cli("compress", src, "-o", tmp_path / "p").returncode == 0
     assert cli("verify", tmp_path / "p", "--against", src).returncode == 0
+
+
+def test_compress_steps_option(checkpoint, tmp_path, cli):
+    result = cli("compress", checkpoint, "-o", tmp_path / "p", "--steps", "8")
+    assert result.returncode == 0, result.stderr
+    records = json.loads((tmp_path / "p" / "unweight.json").read_text())["tensors"].values()
+    assert {r["steps"] for r in records if r["encoding"] == "lanes"} == {8}
+    assert {r["group"] for r in records if r["encoding"] == "lanes" and r["dtype"] != "F32"} == {4}
+    assert cli("verify", tmp_path / "p", "--against", checkpoint).returncode == 0
+    assert_clean_error(cli("compress", checkpoint, "-o", tmp_path / "q", "--steps", "0"),
+                       "steps must be between 1 and 65536, got 0")

@@ -33,6 +33,7 @@ from .huffman import MAX_CODE_LEN
 LANES = 32  # lanes a block decodes in lockstep; a warp of threads on the GPU
 WORD_BITS = 16
 GROUPS = (1, 2, 4)  # neighbouring symbols a lane holds in a run (see the layout above)
+MAX_STEPS = 1 << 16  # longest lanes written and read (bounds the coders' per-block scratch)
 
 
 class UncodedSymbolError(ValueError):
