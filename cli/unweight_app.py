@@ -44,6 +44,9 @@ def compress(
         help="Weights a lane decodes per block, / 32 (default: 1024, or 512 from 32M weights). Fewer decode "
              "faster on a GPU and pack looser: 256 decodes an 8B layer 1.09x faster for +0.23% of the bytes "
              "(BENCHMARKS.md, \"GPU decode\").")] = None,
+    device: Annotated[Optional[str], typer.Option(
+        help="Code the words on this torch device (e.g. cuda), each chunk checked there; the output is the "
+             "same, byte for byte. Default: the CPU.")] = None,
 ) -> None:
     """Compress a checkpoint into a packed directory (verified bit for bit unless --no-verify)."""
     import unweight
@@ -51,7 +54,8 @@ def compress(
 
     with _progress("compressing", _weight_bytes(resolve_source(src))) as advance:
         report = unweight.compress(src, output, force=force, verify=not no_verify,
-                                   shard_bytes=shard_size * 1024 * 1024, steps=steps, progress=advance)
+                                   shard_bytes=shard_size * 1024 * 1024, steps=steps, progress=advance,
+                                   device=device)
     console.print(_savings_table(report))
     for name in report.skipped:
         console.print(f"[yellow]skipped pickle file {name} (safetensors weights are present)[/]")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
+import torch
 
 from . import __version__
 from .codec import floats, lanes
@@ -79,20 +80,24 @@ Progress = Callable[[int], None]  # called with bytes of source tensor data done
 
 def compress(src: str | Path, dst: str | Path, *, force: bool = False, verify: bool = True,
              shard_bytes: int = DEFAULT_SHARD_BYTES, steps: int | None = None,
-             progress: Progress | None = None) -> CompressReport:
+             progress: Progress | None = None, device: str | None = None) -> CompressReport:
     """Compress SRC into the packed directory DST (atomically: a temporary directory renamed at the end).
 
     `steps` fixes the block length of every coded tensor; by default it is chosen per tensor
-    (codec.tensor.choose_steps).
+    (codec.tensor.choose_steps). `device` ("cuda", ...) codes the words there (codec.lanes_torch)
+    instead of with the CPU coder; the output is the same, byte for byte.
     """
     if steps is not None and not 1 <= steps <= lanes.MAX_STEPS:
         raise UnweightError(f"steps must be between 1 and {lanes.MAX_STEPS}, got {steps}")
+    if device is not None:
+        _check_device(device)
     source = resolve_source(src)
     dst = Path(dst).expanduser().absolute()
     _check_destination(source, dst, force)
     report = CompressReport(str(src), dst, skipped=list(source.skipped))
     with atomic_directory(dst, force) as tmp:
-        manifest = _write_packed(source, tmp, report, verify, shard_bytes, steps, progress or (lambda n: None))
+        manifest = _write_packed(source, tmp, report, verify, shard_bytes, steps, progress or (lambda n: None),
+                                 device)
         manifest.save(tmp)
         report.packed_bytes = sum((tmp / name).stat().st_size for name in [*manifest.shards, MANIFEST_NAME])
     return report
@@ -118,8 +123,18 @@ class _Tensor:
         return read_range(self.header, self.entry, start, stop)
 
 
+def _check_device(device: str) -> None:
+    try:
+        where = torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise UnweightError(f"device {device!r} is not a torch device ({e})") from None
+    if where.type == "cuda" and not torch.cuda.is_available():
+        raise UnweightError(f"device {device!r}: no CUDA device is available here; compress on the CPU "
+                            f"(leave out --device)")
+
+
 def _write_packed(source: SourceCheckpoint, out: Path, report: CompressReport, verify: bool,
-                  shard_bytes: int, steps: int | None, progress: Progress) -> Manifest:
+                  shard_bytes: int, steps: int | None, progress: Progress, device: str | None) -> Manifest:
     """Plan the tensors of a shard (codes and exact stream sizes), then code them straight into it."""
     manifest = Manifest(created_by=f"unweight {__version__}")
     headers = [read_header(source.root / rel) for rel in source.weight_files]
@@ -132,7 +147,7 @@ def _write_packed(source: SourceCheckpoint, out: Path, report: CompressReport, v
             progress(data.size)
         return consume
 
-    with TensorEncoder() as encoder:
+    with TensorEncoder(device=device) as encoder:
         for group in _shard_groups(_planned(encoder, headers, steps), shard_bytes):
             name = f"packed-{len(manifest.shards) + 1:05d}.safetensors"
             for tensor, sha256, spans in _write_shard(encoder, out / name, group, verify, consumer):

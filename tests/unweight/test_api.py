@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 import unweight
 from unweight.decompress import decompress
-from unweight.errors import CorruptDataError, DestinationError, FormatError
+from unweight.errors import CorruptDataError, DestinationError, FormatError, UnweightError
 from unweight.inspect import inspect
 from unweight.verify import verify
 
@@ -164,3 +164,20 @@ def test_group_fields_are_checked(checkpoint, tmp_path):
     path.write_text(json.dumps(bad))
     with pytest.raises(CorruptDataError, match="invalid group 3"):
         unweight.load(tmp_path / "packed")
+
+
+def test_compress_on_a_torch_device_writes_the_same_bytes(checkpoint, tmp_path):
+    """compress(device=...) codes with lanes_torch (here on the CPU); the packed files are identical."""
+    unweight.compress(checkpoint, tmp_path / "default")
+    unweight.compress(checkpoint, tmp_path / "device", device="cpu")
+    for path in sorted((tmp_path / "default").iterdir()):
+        assert path.read_bytes() == (tmp_path / "device" / path.name).read_bytes(), path.name
+
+
+@pytest.mark.parametrize("device, message", [("cuda", "no CUDA device is available"), ("gpu0", "not a torch device")])
+def test_compress_refuses_a_device_it_cannot_use(checkpoint, tmp_path, device, message):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    with pytest.raises(UnweightError, match=message):
+        unweight.compress(checkpoint, tmp_path / "p", device=device)
+    assert not (tmp_path / "p").exists()

@@ -19,6 +19,7 @@ SCRIPTS = {
     "compression.py": "## Compression ratio (CPU)",
     "cpu_speed.py": "## CPU speed: compress and decode",
     "memory.py": "## Memory: peak RSS of `unweight compress`",
+    "gpu_compress.py": "## GPU compress: the torch lane coder and `unweight compress --device cuda`",
 }
 OTHER_SECTION = "## GPU decode (written by another script)\n\n- kept as it is\n"
 

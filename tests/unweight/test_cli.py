@@ -218,3 +218,10 @@ def test_compress_steps_option(checkpoint, tmp_path, cli):
     assert cli("verify", tmp_path / "p", "--against", checkpoint).returncode == 0
     assert_clean_error(cli("compress", checkpoint, "-o", tmp_path / "q", "--steps", "0"),
                        "steps must be between 1 and 65536, got 0")
+
+
+def test_compress_device_option(checkpoint, tmp_path, cli):
+    result = cli("compress", checkpoint, "-o", tmp_path / "p", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert cli("verify", tmp_path / "p", "--against", checkpoint).returncode == 0
+    assert_clean_error(cli("compress", checkpoint, "-o", tmp_path / "q", "--device", "tpu9"), "not a torch device")

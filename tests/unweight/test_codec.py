@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from unweight.codec import floats, huffman, lanes
+from unweight.codec import floats, huffman, lanes, lanes_torch
 from unweight.errors import CorruptDataError, VerificationError
 from unweight.packed import PackedTensor
 
@@ -214,3 +214,34 @@ def test_group_must_divide_steps():
     lengths = huffman.code_lengths(huffman.histogram(np.arange(64, dtype=np.uint8)))
     with pytest.raises(ValueError, match="group 2 with steps 7"):
         lanes.encode(np.arange(64, dtype=np.uint8), huffman.canonical_codes(lengths), lengths, 7, group=2)
+
+
+@pytest.mark.parametrize("group, steps", [(1, 16), (2, 8), (4, 16), (4, 4), (1, 1)])
+@pytest.mark.parametrize("wide", [False, True], ids=["16-bit", "fp32"])
+def test_torch_encoder_writes_the_numba_encoders_streams(group, steps, wide, monkeypatch):
+    """lanes_torch.encode (the device coder of `compress --device`) against lanes.encode, bit for bit:
+    whole and partial blocks, several passes (a small CHUNK_WEIGHTS), 16-bit and fp32 symbols."""
+    monkeypatch.setattr(lanes_torch, "CHUNK_WEIGHTS", 32 * steps * 3)
+    rng = np.random.default_rng(group * 100 + steps)
+    for n in (1, 33, 32 * steps * 7 + 5, 32 * steps * 8):
+        floats32 = rng.normal(0, 0.02, n).astype(np.float32)
+        values = floats32.view(np.uint32) if wide else (floats32.view(np.uint32) >> 16).astype(np.uint16)
+        shift = 23 if wide else 7
+        sym = ((values >> shift) & 0xFF).astype(np.uint8)
+        lengths = huffman.code_lengths(huffman.histogram(sym))
+        codes = huffman.canonical_codes(lengths)
+        words, index = lanes.encode(values, codes, lengths, steps, shift=shift, group=group)
+        as_torch = torch.from_numpy(values.view(np.int32 if wide else np.int16).copy())
+        t_words, t_index = lanes_torch.encode(as_torch, torch.from_numpy(codes.astype(np.int64)),
+                                              torch.from_numpy(lengths.astype(np.int64)), steps, shift, group)
+        assert np.array_equal(t_index.numpy(), index) and np.array_equal(t_words.numpy().view(np.uint16), words), n
+        assert np.array_equal(lanes_torch.block_index(as_torch, torch.from_numpy(lengths.astype(np.int64)), steps,
+                                                      shift, group).numpy(), index)
+
+
+def test_torch_encoder_refuses_symbols_without_code():
+    lengths = huffman.code_lengths(huffman.histogram(np.full(100, 120, dtype=np.uint8)))
+    values = torch.full((64,), 121 << 7, dtype=torch.int16)
+    with pytest.raises(lanes.UncodedSymbolError):
+        lanes_torch.encode(values, torch.from_numpy(huffman.canonical_codes(lengths).astype(np.int64)),
+                           torch.from_numpy(lengths.astype(np.int64)), 8, 7, 4)

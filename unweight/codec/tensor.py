@@ -25,10 +25,11 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
+import torch
 import zstandard
 
-from ..errors import SourceError
-from . import floats, huffman, lanes
+from ..errors import SourceError, VerificationError
+from . import floats, huffman, lanes, lanes_torch
 
 DEFAULT_STEPS = 1024       # symbols a lane decodes per block: 32 * 1024 weights a block
 LARGE_TENSOR = 1 << 25     # from 32M weights on, blocks are halved (steps 512)
@@ -187,8 +188,11 @@ class TensorEncoder:
     the order of the calls (`consume` feeds a file's SHA-256).
     """
 
-    def __init__(self, threads: int | None = None):
+    def __init__(self, threads: int | None = None, device: str | None = None):
+        """`device`: code on that torch device (lanes_torch; on CUDA each chunk is checked with the
+        Triton decoder) instead of with the numba coder on the CPU."""
         self.threads = threads or numba.get_num_threads()
+        self.device = torch.device(device) if device is not None else None
         self._workers = ThreadPoolExecutor(self.threads, thread_name_prefix="unweight-code")
         # a large tensor has a thread of its own that waits on its tasks while planning it
         self._drivers = ThreadPoolExecutor(4, thread_name_prefix="unweight-tensor")
@@ -262,7 +266,7 @@ class TensorEncoder:
             datas.append(job.plan.data[0] if job.plan.data is not None else job.read(0, job.plan.nbytes))
             job.plan.data = None
         consumed = self._consumer.submit(_consume_all, consume, datas)
-        coded = self._workers.submit(_code_small, jobs, datas, verify)
+        coded = self._workers.submit(_code_small, jobs, datas, verify, self.device)
         return Pending([consumed, coded], coded.result)
 
     def _code_large(self, job: TensorJob, verify: bool, consume: Consume) -> Pending:
@@ -276,7 +280,8 @@ class TensorEncoder:
             data = plan.data[k] if plan.data is not None else job.read(start * layout.width, stop * layout.width)
             hashed.append(self._tensor_hasher.submit(digest.update, data))
             consumed.append(self._consumer.submit(consume, data))
-            tasks.append(self._workers.submit(_code_span, plan, data, start, job.write, job.where, verify))
+            tasks.append(self._workers.submit(_code_span, plan, data, start, job.write, job.where, verify,
+                                              self.device))
             if plan.data is None and len(tasks) > MAX_READ_AHEAD:
                 tasks.pop(0).result()  # read again: only a few tasks' worth of it in memory at once
         plan.data = None
@@ -329,13 +334,13 @@ def _plan_small(sources: list[tuple[TensorSource, np.ndarray]]) -> list[TensorPl
     return plans
 
 
-def _code_small(jobs: list[TensorJob], datas: list[np.ndarray], verify: bool) -> list[str]:
+def _code_small(jobs: list[TensorJob], datas: list[np.ndarray], verify: bool, device: torch.device | None) -> list[str]:
     """Code a run of small tensors (their bytes given) on one worker thread; their SHA-256s."""
     digests = []
     for job, data in zip(jobs, datas):
         if job.plan.encoding == "lanes":
             job.write("index", 0, job.plan.index.view(np.uint8))
-            _code_span(job.plan, data, 0, job.write, job.where, verify)
+            _code_span(job.plan, data, 0, job.write, job.where, verify, device)
         else:
             _code_other(job.plan, data, job.write, job.where)
         digests.append(hashlib.sha256(data).hexdigest())
@@ -389,26 +394,57 @@ def _index_task(layout, code: Code, data, start, stop, steps, group) -> np.ndarr
     return lanes.block_index(bits, code.lengths, steps, shift=layout.symbol_shift, group=group)
 
 
-def _code_span(plan: TensorPlan, data: np.ndarray, start: int, write: Write, where: str, verify: bool) -> None:
+def _code_span(plan: TensorPlan, data: np.ndarray, start: int, write: Write, where: str, verify: bool,
+               device: torch.device | None = None) -> None:
     """Encode the weights in `data` (from weight `start`, whole blocks bar the tensor's last), check
-    that they decode back, and write their words and raw planes."""
+    that they decode back, and write their words and raw planes. With a `device`, the words are
+    coded there (and, on CUDA, checked there)."""
     layout = floats.LAYOUTS[plan.dtype]
     bits = data.view(np.uint16 if layout.width == 2 else np.uint32)
     first_block = start // (lanes.LANES * plan.steps)
+    raw = floats.raw_planes(layout, data)
     try:
-        words, index = lanes.encode(bits, plan.code.codes, plan.code.lengths, plan.steps, shift=layout.symbol_shift,
-                                    group=plan.group)
+        if device is None:
+            words, index = lanes.encode(bits, plan.code.codes, plan.code.lengths, plan.steps,
+                                        shift=layout.symbol_shift, group=plan.group)
+        else:
+            words, index = _encode_on(device, plan, data, raw, verify, f"{where} (chunk from weight {start})")
+            verify = verify and device.type != "cuda"  # checked on the device already
     except lanes.UncodedSymbolError:  # a symbol the plan's histogram did not have
         raise _changed(where) from None
     planned = plan.index[first_block : first_block + index.size]
     if not np.array_equal(index, planned - planned[0]):
         raise _changed(where)
-    raw = floats.raw_planes(layout, data)
     if verify:
         _check_chunk(words, index, plan.code, plan.steps, plan.group, raw, bits, where, start)
     write("words", 2 * int(planned[0]), words.view(np.uint8))
     for plane in range(layout.raw_planes):
         write("raw", plane * plan.numel + start, raw[plane * bits.size : (plane + 1) * bits.size])
+
+
+def _encode_on(device: torch.device, plan: TensorPlan, data: np.ndarray, raw: np.ndarray, verify: bool,
+               where: str) -> tuple[np.ndarray, np.ndarray]:
+    """lanes_torch.encode of a chunk on `device`: (words uint16, index int64) back on the CPU. On CUDA
+    with `verify`, the chunk is decoded there by the Triton kernel and compared bit for bit."""
+    layout = floats.LAYOUTS[plan.dtype]
+    view = torch.int16 if layout.width == 2 else torch.int32
+    bits = torch.from_numpy(data).to(device).view(view)
+    words, index = lanes_torch.encode(bits, torch.from_numpy(plan.code.codes.astype(np.int64)),
+                                      torch.from_numpy(plan.code.lengths.astype(np.int64)), plan.steps,
+                                      layout.symbol_shift, plan.group)
+    if verify and device.type == "cuda":
+        from ..kernels.decode import decode_lanes  # lazy: Triton is needed only here
+        out = torch.empty(bits.numel(), dtype=_FLOAT_DTYPES[plan.dtype], device=device)
+        decode_lanes(words.view(torch.uint8), index.view(torch.uint8),
+                     torch.from_numpy(huffman.gpu_decode_table(plan.code.lengths)).to(device),
+                     torch.from_numpy(raw).to(device), out, numel_total=bits.numel(), steps=plan.steps,
+                     dtype=plan.dtype, group=plan.group)
+        if not torch.equal(out.view(view), bits):
+            raise VerificationError(f"{where}: does not decode back to its original bits")
+    return words.cpu().numpy().view(np.uint16), index.cpu().numpy()
+
+
+_FLOAT_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
 
 
 def _check_chunk(words, index, code: Code, steps, group, raw, expected, where, start) -> None:
