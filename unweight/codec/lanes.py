@@ -137,7 +137,7 @@ def _encode_block(values, start, count, group, shift, aligned, lengths, words, s
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _gather_lanes(values, start, count, g, by_lane):
-    """by_lane[j * per_lane + k] = lane j's k-th symbol of the block (runs of g neighbours)."""
+    """by_lane[j * per_lane + k] = lane j's k-th symbol of the block (runs of g neighbours, g 2 or 4)."""
     per_lane = U64(count // LANES)
     src = U64(start)
     for r in range(count // LANES // g):
