@@ -227,7 +227,7 @@ class Bench:
 
 def variant_name(cfg) -> str:
     prefix = "ballot" if cfg.prefix == 1 else "scan"
-    table = {0: "global", 1: "shuffle", 2: "prefix"}[cfg.table]
+    table = {0: "global", 1: "shuffle", 2: "prefix", 3: "shared"}[cfg.table]
     window = "/win" if cfg.window else ""
     scalar = "" if cfg.vector else "/scalar"
     return (f"{prefix}/{table}/r{cfg.rows}w{cfg.num_warps}/u{cfg.unroll}{window}{scalar}/"
@@ -307,13 +307,15 @@ def sweep_configs(kd, quick: bool) -> list:
     configs = [kd.DEFAULT_CONFIG]
     # warps a program: a flat tile of rows * 32 lanes on as many warps keeps lane j on hardware lane j
     # (the ballot needs it); 1-warp programs are capped at 32 resident per SM (half the warps)
+    shared = kd.TABLE_SHARED
     for rows in (4, 2, 8, 1, 16):
-        for table in (glob, prefix):
+        for table in (shared, glob, prefix):
             configs.append(c(rows, rows, ballot, table, True, 4, window=True))
-    configs += [c(rows, rows, ballot, glob, True, 4, window=False) for rows in (16, 4, 1)]
-    configs += [c(4, 4, ballot, shuf, True, 4), c(4, 4, ballot, glob, True, 2), c(4, 4, ballot, glob, False, 4),
-                c(16, 16, ballot, glob, True, 4, vector=False), c(4, 4, scan, glob, True, 4, window=True),
-                c(4, 4, scan, glob, True, 4, window=False)]
+    # one change from the default each (the scan prefix reads the table from global memory)
+    configs += [c(rows, rows, ballot, shared, True, 4, window=False) for rows in (16, 4, 1)]
+    configs += [c(4, 4, ballot, shuf, True, 4), c(16, 16, ballot, shared, True, 2),
+                c(16, 16, ballot, shared, False, 4), c(16, 16, ballot, shared, True, 4, vector=False),
+                c(16, 16, scan, glob, True, 4, window=True), c(4, 4, scan, glob, True, 4, window=True)]
     unique = list(dict.fromkeys(configs))
     return unique[:4] if quick else unique
 

@@ -281,7 +281,7 @@ def test_empty_output_launches_nothing(small):
 
 
 @pytest.mark.parametrize("kwargs", [dict(rows=3), dict(rows=2, num_warps=4), dict(rows=8, num_warps=4),
-                                    dict(unroll=3), dict(prefix=7), dict(table=3), dict(num_warps=32, rows=32)])
+                                    dict(unroll=3), dict(prefix=7), dict(table=4), dict(num_warps=32, rows=32)])
 def test_config_refuses_bad_values(kwargs):
     with pytest.raises(UnweightError, match="DecodeConfig"):
         decode.DecodeConfig(**kwargs)
@@ -305,6 +305,7 @@ def test_ballot_layout_check_accepts_only_lane_major_tiles():
 def test_interpreter_runs_the_portable_tile():
     used = decode.effective_config(decode.DEFAULT_CONFIG, "cpu")
     assert used.prefix == decode.PREFIX_SCAN and not used.prefetch and used.rows >= decode.DEFAULT_CONFIG.rows
+    assert decode.DEFAULT_CONFIG.table == decode.TABLE_SHARED and used.table == decode.TABLE_GLOBAL  # no PTX here
     as_given = decode.DecodeConfig(rows=2, num_warps=2, prefix=decode.PREFIX_SCAN, prefetch=False)
     assert decode.effective_config(as_given, "cpu") == as_given
 

@@ -63,10 +63,14 @@ PREFIX_BALLOT = 1   # vote.ballot + popc in inline PTX: CUDA only, needs lane j 
 TABLE_GLOBAL = 0    # every lookup from global memory (the 8 KiB table stays in L1)
 TABLE_SHUFFLE = 1   # codes <= 6 bits from a 64-entry copy in registers (warp shuffle), longer from global
 TABLE_PREFIX = 2    # codes <= 6 bits from the table's 64-entry first level (one cache line), longer from global
+TABLE_SHARED = 3    # the table copied into shared memory when a program starts (inline PTX, so CUDA only; it
+                    # needs the ballot's tile, one lane a thread: with the scan prefix the table is read as GLOBAL)
 _PREFIX_BALLOT = tl.constexpr(PREFIX_BALLOT)
 _TABLE_SHUFFLE = tl.constexpr(TABLE_SHUFFLE)
 _TABLE_PREFIX = tl.constexpr(TABLE_PREFIX)
+_TABLE_SHARED = tl.constexpr(TABLE_SHARED)
 FIRST_LEVEL = tl.constexpr(TABLE_SIZE)                     # where the 64-entry first level starts
+TABLE_ENTRIES = tl.constexpr(TABLE_SIZE)                   # entries of the full table
 PREFIX_SHIFT = tl.constexpr(32 - PREFIX_BITS)              # buf >> PREFIX_SHIFT = the next 6 bits
 
 
@@ -74,11 +78,12 @@ PREFIX_SHIFT = tl.constexpr(32 - PREFIX_BITS)              # buf >> PREFIX_SHIFT
 class DecodeConfig:
     """Tunables of the decode kernel; benchmarks/gpu_decode.py sweeps them on the target GPU."""
 
-    # defaults: the fastest variant on an H100 at steps 512 and 1024 (BENCHMARKS.md, "GPU decode")
+    # defaults: the fastest variant on an H100 (BENCHMARKS.md, "GPU decode")
     rows: int = 16           # blocks a program decodes at once (1-warp programs: at most 32 resident per SM)
     num_warps: int = 16      # warps a program; rows / num_warps blocks per thread (1 with the ballot prefix)
     prefix: int = PREFIX_BALLOT
-    table: int = TABLE_GLOBAL  # the 8 KiB table stays in L1; smaller first levels were slower (H100, H200)
+    table: int = TABLE_SHARED  # the 8 KiB table in shared memory: 1.07x the table read through L1 (H100);
+                               # smaller first levels were slower
     prefetch: bool = True    # PTX prefetch of raw bytes and lane words ahead of use (CUDA only)
     unroll: int = 4          # steps per loop iteration (the prefetch is issued once an iteration); at least
                              # the tensor's group
@@ -90,7 +95,7 @@ class DecodeConfig:
                   and (self.prefix != PREFIX_BALLOT or self.rows == self.num_warps),
                   "num_warps": self.num_warps in (1, 2, 4, 8, 16),
                   "prefix": self.prefix in (PREFIX_SCAN, PREFIX_BALLOT),
-                  "table": self.table in (TABLE_GLOBAL, TABLE_SHUFFLE, TABLE_PREFIX),
+                  "table": self.table in (TABLE_GLOBAL, TABLE_SHUFFLE, TABLE_PREFIX, TABLE_SHARED),
                   "unroll": self.unroll in (1, 2, 4)}
         for name, ok in checks.items():
             if not ok:
@@ -98,12 +103,18 @@ class DecodeConfig:
                                     f"(rows: a power of two, at least num_warps, equal to it with the ballot "
                                     f"prefix; num_warps: 1..16, a power of two; "
                                     f"prefix: {PREFIX_SCAN} or {PREFIX_BALLOT}; table: {TABLE_GLOBAL}, "
-                                    f"{TABLE_SHUFFLE} or {TABLE_PREFIX}; unroll: 1, 2 or 4)")
+                                    f"{TABLE_SHUFFLE}, {TABLE_PREFIX} or {TABLE_SHARED}; unroll: 1, 2 or 4)")
 
     def portable(self) -> "DecodeConfig":
         """The tile for the Triton interpreter: no inline PTX, and at least 32 rows, since the
         interpreter pays per operation and per program rather than per element."""
-        return replace(self, rows=max(self.rows, 32), prefix=PREFIX_SCAN, prefetch=False)
+        return replace(self.without_ballot(), rows=max(self.rows, 32), prefetch=False)
+
+    def without_ballot(self) -> "DecodeConfig":
+        """The same with the portable prefix (and the table read from global memory where it was in
+        shared memory, which needs the ballot's one-lane-a-thread tile)."""
+        table = TABLE_GLOBAL if self.table == TABLE_SHARED else self.table
+        return replace(self, prefix=PREFIX_SCAN, table=table)
 
 
 DEFAULT_CONFIG = DecodeConfig()
@@ -191,6 +202,10 @@ def _lookup(buf, table_ptr, small, ROWS: tl.constexpr, TABLE: tl.constexpr):
         long_code = (entry >> 8) > SMALL_BITS
         full = tl.load(table_ptr + peek, mask=long_code, other=0).to(tl.int32)
         entry = tl.where(long_code, full, entry)
+    elif TABLE == _TABLE_SHARED:
+        entry = tl.inline_asm_elementwise(
+            asm="{ .reg .u32 a; mov.u32 a, unweight_table; mad.lo.u32 a, $1, 2, a; ld.shared.u16 $0, [a]; }",
+            constraints="=r,r", args=[peek], dtype=tl.int32, is_pure=True, pack=1)
     else:
         entry = tl.load(table_ptr + peek).to(tl.int32)  # uint16 table: zero-extended by the load
     return entry
@@ -203,6 +218,25 @@ def _small_table(table_ptr, ROWS: tl.constexpr):
     lo = tl.load(table_ptr + (2 * k) * SMALL_STRIDE).to(tl.int32) & 0xFFFF
     hi = tl.load(table_ptr + (2 * k + 1) * SMALL_STRIDE).to(tl.int32) & 0xFFFF
     return lo | (hi << 16)
+
+
+@triton.jit
+def _shared_table(table_ptr, ROWS: tl.constexpr):
+    """Declare the shared-memory table `unweight_table` and copy the 4096 entries into it (every thread
+    of the program a share, then a barrier). One element a thread: the ballot tile. Returns 0s."""
+    e = tl.arange(0, ROWS * LANES)
+    done = tl.inline_asm_elementwise(asm=".shared .align 16 .b8 unweight_table[8192];\n\tmov.u32 $0, 0;",
+                                     constraints="=r,r", args=[e], dtype=tl.int32, is_pure=False, pack=1)
+    for k in tl.static_range(TABLE_ENTRIES // (ROWS * LANES)):
+        at = k * ROWS * LANES + e
+        value = tl.load(table_ptr + at).to(tl.int32)
+        done |= tl.inline_asm_elementwise(
+            asm="{ .reg .u32 a; mov.u32 a, unweight_table; mad.lo.u32 a, $1, 2, a; st.shared.u16 [a], $2; "
+                "mov.u32 $0, 0; }",
+            constraints="=r,r,r", args=[at, value], dtype=tl.int32, is_pure=False, pack=1)
+    done |= tl.inline_asm_elementwise(asm="bar.sync 0;\n\tmov.u32 $0, 0;", constraints="=r,r", args=[done],
+                                      dtype=tl.int32, is_pure=False, pack=1)
+    return done
 
 
 @triton.jit
@@ -421,6 +455,8 @@ def _decode_rows(words_ptr, index_ptr, table_ptr, raw_ptr, out_ptr, numel_total,
     plane_stride = numel_total.to(tl.int64)
     if TABLE == _TABLE_SHUFFLE:
         small = _small_table(table_ptr, ROWS)
+    elif TABLE == _TABLE_SHARED:
+        small = _shared_table(table_ptr, ROWS)
     else:
         small = 0  # unused
     # every row a whole block, written whole, in whole loop iterations: no masks needed (a whole
@@ -600,7 +636,8 @@ class _KernelShape:
     vector: bool       # runs read and written with one access (DecodeConfig.vector and DecodeItem.can_vector)
 
     def constexprs(self, config: DecodeConfig) -> dict:
-        return dict(ROWS=config.rows, RAW_PLANES=self.raw_planes, PREFIX=config.prefix, TABLE=config.table,
+        table = config.table if config.table != TABLE_SHARED or config.prefix == PREFIX_BALLOT else TABLE_GLOBAL
+        return dict(ROWS=config.rows, RAW_PLANES=self.raw_planes, PREFIX=config.prefix, TABLE=table,
                     PREFETCH=config.prefetch, UNROLL=max(config.unroll, self.group), WINDOW=config.window,
                     GROUP=self.group, VECTOR=self.vector and config.vector, num_warps=config.num_warps)
 
@@ -668,7 +705,7 @@ def _launch_checked(launch, config: DecodeConfig, batched: bool) -> None:
         # the same outputs are decoded again, in stream order, with the portable prefix
         logger.warning("decode kernel: ballot prefix unsafe for %s; using the scan prefix", config)
         _BALLOT_UNSAFE.add((config, batched))
-        launch(replace(config, prefix=PREFIX_SCAN))
+        launch(config.without_ballot())
 
 
 def _check_args(words, index, table, raw, out, numel_total, steps, dtype, start, group) -> floats.FloatLayout:
@@ -720,7 +757,7 @@ def _effective_config(config: DecodeConfig, device: torch.device, batched: bool)
     if device.type != "cuda":
         return config if config.prefix == PREFIX_SCAN and not config.prefetch else config.portable()
     if config.prefix == PREFIX_BALLOT and (config, batched) in _BALLOT_UNSAFE:
-        return replace(config, prefix=PREFIX_SCAN)
+        return config.without_ballot()
     return config
 
 
