@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -90,3 +91,16 @@ def test_interleaved_timing_runs_round_robin_after_the_warmup():
     timings = common.time_interleaved(cases, runs=2, warmup=1)
     assert calls == ["setup", "a", "setup", "b"] * 3
     assert [len(t.seconds) for t in timings.values()] == [2, 2]
+
+
+@pytest.mark.slow
+def test_decode_ab_script_checks_and_times_a_variant_under_interpreter():
+    """benchmarks/gpu_decode_ab.py (the A/B runs of BENCHMARKS.md "GPU decode") on tiny shapes: it
+    checks the layer and the tensor bit for bit before timing them, with a kernel option overridden."""
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "gpu_decode_ab.py"), "--quick", "--device", "cpu", "--repeats", "1",
+         "--table", "0", "--prefetch-words", "64"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = result.stdout.strip().splitlines()[-1]
+    assert line.startswith("--quick --device cpu --repeats 1 --table 0 --prefetch-words 64: layer ") and "tensor" in line

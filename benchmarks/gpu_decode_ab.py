@@ -1,0 +1,117 @@
+"""One kernel variant, timed on one Llama-3.1-8B layer (one batched launch) and on the 67M-weight tensor:
+for A/B runs, one process a variant, alternated on one machine (kernel constants are read when the
+kernel first compiles, so each variant needs a process of its own).
+
+    for v in "" "--table 0" "" "--table 0"; do python benchmarks/gpu_decode_ab.py $v; done
+    python benchmarks/gpu_decode_ab.py --steps 256            # every matrix packed at 256
+    python benchmarks/gpu_decode_ab.py --prefetch-words 64 --unroll 2
+    TRITON_INTERPRET=1 python benchmarks/gpu_decode_ab.py --quick --device cpu   # tiny shapes: checks it runs
+
+Prints one line a repetition: the layer's and the tensor's time and GB/s of bf16 output (median of
+40 launches, L2 flushed before each, both checked bit for bit first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import triton.language as tl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+
+from unweight.codec.tensor import choose_steps, encode_float  # noqa: E402
+from unweight.kernels import decode as kd  # noqa: E402
+from unweight.packed import PackedTensor  # noqa: E402
+
+LAYER = [(4096, 4096), (1024, 4096), (1024, 4096), (4096, 4096), (14336, 4096), (14336, 4096), (4096, 14336)]
+
+
+def packed(shape: tuple, seed: int, steps: int, device: str) -> tuple[torch.Tensor, PackedTensor]:
+    g = torch.Generator(device=device).manual_seed(seed)
+    weights = (torch.randn(shape, generator=g, device=device) * 0.02).to(torch.bfloat16)
+    host = weights.cpu().view(torch.uint8).reshape(-1).numpy()
+    steps = steps or choose_steps(weights.numel())
+    enc = encode_float("BF16", weights.numel(), lambda a, b: host[a:b], steps=steps)
+    streams = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in enc.streams.items()}
+    return weights, PackedTensor("w", "BF16", tuple(shape), "lanes", streams, steps, enc.code_lengths,
+                                 group=enc.group).to(device)
+
+
+def median_us(fn, device: str, reps: int = 40) -> float:
+    if device == "cpu":  # the interpreter: wall time of a few calls
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times) * 1e6
+    flush = torch.empty(256 << 20, dtype=torch.int8, device="cuda")
+    for _ in range(3):
+        fn()
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+    for start, end in events:
+        flush.zero_()
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize()
+    return statistics.median(s.elapsed_time(e) for s, e in events) * 1e3
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--table", type=int, default=None, help="DecodeConfig.table (default: the default config's)")
+    p.add_argument("--unroll", type=int, default=None, help="DecodeConfig.unroll")
+    p.add_argument("--steps", type=int, default=0, help="steps of every matrix (0: what compress picks)")
+    p.add_argument("--prefetch-words", type=int, default=None, help="kernel constant PREFETCH_WORDS")
+    p.add_argument("--prefetch-steps", type=int, default=None, help="kernel constant PREFETCH_STEPS")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cuda, or cpu with TRITON_INTERPRET=1 (with --quick: checks the script runs)")
+    p.add_argument("--quick", action="store_true", help="shapes / 64 and steps 8")
+    args = p.parse_args()
+    if args.device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        print("--device cpu needs TRITON_INTERPRET=1 in the environment", file=sys.stderr)
+        return 2
+    scale = 64 if args.quick else 1
+    steps = 8 if args.quick and not args.steps else args.steps
+    for name, value in (("PREFETCH_WORDS", args.prefetch_words), ("PREFETCH_STEPS", args.prefetch_steps)):
+        if value is not None:
+            setattr(kd, name, tl.constexpr(value))
+    overrides = {k: v for k, v in (("table", args.table), ("unroll", args.unroll)) if v is not None}
+    config = kd.DecodeConfig(**overrides)
+    label = " ".join(sys.argv[1:]) or "default"
+    layer = [packed((rows // scale, cols // scale), 10 + k, steps, args.device) for k, (rows, cols) in enumerate(LAYER)]
+    outs = [torch.empty_like(w) for w, _ in layer]
+    plan = kd.DecodePlan([kd.DecodeItem.from_packed(p, o) for (_, p), o in zip(layer, outs)], config)
+    plan.launch()
+    main_w, main_p = packed((8192 // scale, 8192 // scale), 0, steps, args.device)
+    main_out = torch.empty_like(main_w)
+    item = kd.DecodeItem.from_packed(main_p, main_out)
+    kd.launch_decode(item, config)
+    if args.device != "cpu":
+        torch.cuda.synchronize()
+    exact = all(torch.equal(o.view(torch.int16), w.view(torch.int16)) for (w, _), o in zip(layer, outs))
+    exact &= torch.equal(main_out.view(torch.int16), main_w.view(torch.int16))
+    if not exact:
+        print(f"{label}: NOT bit-exact")
+        return 1
+    layer_bytes = 2 * sum(w.numel() for w, _ in layer)
+    for _ in range(args.repeats):
+        layer_us = median_us(plan.launch, args.device)
+        main_us = median_us(lambda: kd.launch_decode(item, config), args.device)
+        print(f"{label}: layer {layer_us:.1f} us = {layer_bytes / layer_us / 1e3:,.0f} GB/s; "
+              f"{main_w.numel() / 1e6:.0f}M tensor {main_us:.1f} us = {2 * main_w.numel() / main_us / 1e3:,.0f} GB/s",
+              flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
