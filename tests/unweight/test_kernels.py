@@ -314,3 +314,19 @@ def test_importing_unweight_does_not_import_triton():
     code = "import sys, unweight, unweight.kernels, unweight.packed; assert 'triton' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
+
+
+def test_plans_pick_the_widest_tile_that_wastes_at_most_an_eighth_of_its_rows():
+    """fill_rows: large tensors keep 16-row tiles; many small ones (a MiniLM) get narrow tiles."""
+    g = torch.Generator().manual_seed(11)
+    block = 32 * 8
+
+    def pieces(*numels):
+        return [piece for n in numels
+                for piece in item(pack((torch.randn(n, generator=g) * 0.02).to(torch.bfloat16), steps=8),
+                                  torch.empty(n, dtype=torch.bfloat16)).pieces()]
+
+    assert decode.fill_rows(pieces(64 * block), 16) == 16
+    assert decode.fill_rows(pieces(64 * block, 4 * block), 16) == 8     # 68 blocks: 80 rows at 16, 72 at 8
+    assert decode.fill_rows(pieces(4 * block + 7, 4 * block + 7), 16) == 1  # whole blocks and a partial one each
+    assert decode.fill_rows(pieces(64 * block), 2) == 2                 # never wider than asked
