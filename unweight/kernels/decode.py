@@ -4,8 +4,8 @@ One warp decodes one block: thread j of the warp is lane j, and the whole warp a
 step (one symbol a lane) at a time, so the words the refilling lanes take are neighbours in the
 stream. A lane holds runs of GROUP neighbouring weights (the block layout, codec/lanes.py): every
 GROUP steps the warp has decoded GROUP * 32 neighbouring weights, whose raw bytes it reads and
-which it writes with one access a lane (16-bit weights: 4 raw bytes in, 8 bytes out). A program decodes ROWS
-blocks as a flat tile of ROWS * LANES lanes, row-major, one row per warp (or several per thread with
+which it writes with one access a lane (16-bit weights: 4 raw bytes in, 8 bytes out). A program
+decodes ROWS blocks as a flat tile of ROWS * LANES lanes, row-major, one row per warp (or several per thread with
 the scan prefix): a 1-D tile whose size equals the threads keeps lane j of row r on thread j of
 warp r, which the ballot prefix relies on.
 
@@ -17,7 +17,8 @@ Per lane and step (see unweight/codec/lanes.py for the encoder's side):
              word is stream[base + number of refilling lanes before this one]; with the window
              option the row's words [base, base + 32) are loaded one step ahead, one a lane, and
              a lane takes its word by warp shuffle, which keeps a load off the step's chain
-    decode   entry = table[buf >> 20] (uint16: symbol | length << 8); buf <<= length; room += length
+    decode   entry = table[buf >> 20] (uint16: symbol | length << 8; by default from a copy of the
+             table in shared memory); buf <<= length; room += length
     merge    bf16/fp16: raw = s << 7 | bits 0..6          value = (raw & 0x80) << 8 | sym << 7 | raw & 0x7F
              fp32: p0 = bits 0..7, p1 = bits 8..15, p2 = s << 7 | bits 16..22
                    value = (p2 & 0x80) << 24 | sym << 23 | (p2 & 0x7F) << 16 | p1 << 8 | p0
