@@ -5,6 +5,7 @@ kernel first compiles, so each variant needs a process of its own).
     for v in "" "--table 0" "" "--table 0"; do python benchmarks/gpu_decode_ab.py $v; done
     python benchmarks/gpu_decode_ab.py --steps 256            # every matrix packed at 256
     python benchmarks/gpu_decode_ab.py --prefetch-words 64 --unroll 2
+    python benchmarks/gpu_decode_ab.py --packed MINILM_BF16.uw   # also a packed checkpoint's plan (MiniLM)
     TRITON_INTERPRET=1 python benchmarks/gpu_decode_ab.py --quick --device cpu   # tiny shapes: checks it runs
 
 Prints one line a repetition: the layer's and the tensor's time and GB/s of bf16 output (median of
@@ -29,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from unweight.codec.tensor import choose_steps, encode_float  # noqa: E402
 from unweight.kernels import decode as kd  # noqa: E402
 from unweight.packed import PackedTensor  # noqa: E402
+from unweight.reader import PackedReader  # noqa: E402
 
 LAYER = [(4096, 4096), (1024, 4096), (1024, 4096), (4096, 4096), (14336, 4096), (14336, 4096), (4096, 14336)]
 
@@ -42,6 +44,27 @@ def packed(shape: tuple, seed: int, steps: int, device: str) -> tuple[torch.Tens
     streams = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in enc.streams.items()}
     return weights, PackedTensor("w", "BF16", tuple(shape), "lanes", streams, steps, enc.code_lengths,
                                  group=enc.group).to(device)
+
+
+def packed_checkpoint_plan(path: Path, device: str, overrides: dict) -> tuple[kd.DecodePlan, int]:
+    """The plan of every lanes-coded tensor of a packed checkpoint (checked bit for bit) and its output bytes."""
+    reader = PackedReader(path)
+    pairs = []
+    for name in reader.names_by_shard():
+        p = reader.get_packed(name)
+        if p.encoding == "lanes":
+            p = p.to(device)
+            pairs.append((p, torch.empty(p.numel, dtype=p.torch_dtype, device=device)))
+    items = [kd.DecodeItem.from_packed(p, out) for p, out in pairs]
+    plan = kd.DecodePlan(items, kd.DecodeConfig(**overrides) if overrides else None)
+    plan.launch()
+
+    def bits(t: torch.Tensor) -> torch.Tensor:
+        return t.cpu().reshape(-1).view(torch.int16 if t.element_size() == 2 else torch.int32)
+
+    if not all(torch.equal(bits(out), bits(p.decode(backend="cpu"))) for p, out in pairs):
+        raise SystemExit(f"{path}: NOT bit-exact")
+    return plan, sum(out.numel() * out.element_size() for _, out in pairs)
 
 
 def median_us(fn, device: str, reps: int = 40) -> float:
@@ -76,6 +99,9 @@ def main() -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cuda, or cpu with TRITON_INTERPRET=1 (with --quick: checks the script runs)")
     p.add_argument("--quick", action="store_true", help="shapes / 64 and steps 8")
+    p.add_argument("--packed", type=Path, default=None,
+                   help="also time the plan of every coded tensor of this packed checkpoint (as the library plans it "
+                        "when the kernel options are the defaults)")
     args = p.parse_args()
     if args.device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         print("--device cpu needs TRITON_INTERPRET=1 in the environment", file=sys.stderr)
@@ -104,9 +130,14 @@ def main() -> int:
         print(f"{label}: NOT bit-exact")
         return 1
     layer_bytes = 2 * sum(w.numel() for w, _ in layer)
+    packed_plan, packed_bytes = (packed_checkpoint_plan(args.packed, args.device, overrides) if args.packed
+                                 else (None, 0))
     for _ in range(args.repeats):
         layer_us = median_us(plan.launch, args.device)
         main_us = median_us(lambda: kd.launch_decode(item, config), args.device)
+        if packed_plan is not None:
+            us = median_us(packed_plan.launch, args.device)
+            print(f"{label}: {args.packed.name} {us:.1f} us = {packed_bytes / us / 1e3:,.0f} GB/s", flush=True)
         print(f"{label}: layer {layer_us:.1f} us = {layer_bytes / layer_us / 1e3:,.0f} GB/s; "
               f"{main_w.numel() / 1e6:.0f}M tensor {main_us:.1f} us = {2 * main_w.numel() / main_us / 1e3:,.0f} GB/s",
               flush=True)

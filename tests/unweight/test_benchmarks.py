@@ -94,13 +94,26 @@ def test_interleaved_timing_runs_round_robin_after_the_warmup():
 
 
 @pytest.mark.slow
-def test_decode_ab_script_checks_and_times_a_variant_under_interpreter():
+def test_decode_ab_script_checks_and_times_a_variant_under_interpreter(tmp_path):
     """benchmarks/gpu_decode_ab.py (the A/B runs of BENCHMARKS.md "GPU decode") on tiny shapes: it
-    checks the layer and the tensor bit for bit before timing them, with a kernel option overridden."""
-    result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "gpu_decode_ab.py"), "--quick", "--device", "cpu", "--repeats", "1",
-         "--table", "0", "--prefetch-words", "64"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "TRITON_INTERPRET": "1"})
+    checks the layer, the tensor and a packed checkpoint's plan bit for bit before timing them, with a
+    kernel constant overridden."""
+    import torch
+    from safetensors.torch import save_file
+
+    import unweight
+
+    (tmp_path / "src").mkdir()
+    g = torch.Generator().manual_seed(3)
+    save_file({"w": (torch.randn(96, 64, generator=g) * 0.02).to(torch.bfloat16), "b": torch.randn(70, generator=g)},
+              str(tmp_path / "src" / "model.safetensors"))
+    unweight.compress(tmp_path / "src", tmp_path / "packed", steps=8)
+    args = ["--quick", "--device", "cpu", "--repeats", "1", "--prefetch-words", "64",
+            "--packed", str(tmp_path / "packed")]
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_decode_ab.py"), *args],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "TRITON_INTERPRET": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
-    line = result.stdout.strip().splitlines()[-1]
-    assert line.startswith("--quick --device cpu --repeats 1 --table 0 --prefetch-words 64: layer ") and "tensor" in line
+    lines = result.stdout.strip().splitlines()
+    label = " ".join(args)
+    assert lines[-2].startswith(f"{label}: packed ") and lines[-2].endswith("GB/s")
+    assert lines[-1].startswith(f"{label}: layer ") and "tensor" in lines[-1]
