@@ -290,17 +290,6 @@ def block_index(values: np.ndarray, lengths: np.ndarray, steps: int, shift: int 
     return index
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
-def _merge_value(sym, raw, plane, i, wide):
-    """The original bits of weight i from its symbol and raw planes of `plane` bytes (see floats.py)."""
-    if wide:
-        hi = np.uint32(raw[2 * plane + i])
-        return (((hi & 0x80) << 24) | (np.uint32(sym) << 23) | ((hi & 0x7F) << 16)
-                | (np.uint32(raw[plane + i]) << 8) | np.uint32(raw[i]))
-    r = np.uint32(raw[i])
-    return ((r & 0x80) << 8) | (np.uint32(sym) << 7) | (r & 0x7F)
-
-
 @numba.njit(cache=True, nogil=True)
 def _decode_block_into(words, begin, end, table, raw, plane, block_start, count, group, lo, hi, wide, out, check):
     """Decode one block; weights [lo, hi) of it are written into `out` (indexed from lo), or, with
@@ -325,7 +314,7 @@ def _decode_block_into(words, begin, end, table, raw, plane, block_start, count,
             nbits[lane] -= n
             i = row + lane * g
             if lo <= i < hi:
-                value = _merge_value(entry & 0xFF, raw, plane, i, wide)
+                value = _merged_bits(entry & 0xFF, raw, U64(plane), U64(i), wide)
                 if not check:
                     out[i - lo] = value
                 elif out[i - lo] != value:
@@ -335,7 +324,7 @@ def _decode_block_into(words, begin, end, table, raw, plane, block_start, count,
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _merged_bits(sym, raw, plane, i, wide):
-    """_merge_value with unsigned indices."""
+    """The original bits of weight i (unsigned) from its symbol and raw planes of `plane` bytes (see floats.py)."""
     if wide:
         hi = U32(raw[U64(2) * plane + i])
         return (((hi & U32(0x80)) << U32(24)) | (U32(sym) << U32(23)) | ((hi & U32(0x7F)) << U32(16))
@@ -346,9 +335,10 @@ def _merged_bits(sym, raw, plane, i, wide):
 
 @numba.njit(cache=True, nogil=True)
 def _decode_whole_block(words, begin, end, table, raw, plane, block_start, steps, g, wide, out, out_start, check):
-    """_decode_block_into for a block of `steps` full steps whose weights all fall in `out` (fp32; 16-bit
-    floats have _decode_whole_block16): no range tests, unsigned indices, and a mismatch or a read
-    past the block's words reported at the end."""
+    """_decode_block_into for a block of `steps` full steps whose weights all fall in `out`: no range
+    tests, unsigned indices, and a mismatch or a read past the block's words reported at the end.
+    `table` holds length << 16 | the symbol where it goes in the weight's high 16 bits (16-bit floats:
+    symbol << 7, with the raw byte spread by _RAW16) or, for fp32, the symbol itself (_merged_bits)."""
     if end <= begin:
         return 1
     buf = np.zeros(LANES, dtype=np.uint32)
@@ -367,48 +357,14 @@ def _decode_whole_block(words, begin, end, table, raw, plane, block_start, steps
                 b |= U32(words[min(pos, last)]) << (U32(WORD_BITS) - nb)  # a truncated stream reads its last word
                 nb += U32(WORD_BITS)
                 pos += U64(1)
-            entry = U32(table[U64(b >> U32(32 - MAX_CODE_LEN))])
-            n = entry >> U32(8)
-            buf[j] = b << n
-            nbits[j] = nb - n
-            value = _merged_bits(entry & U32(0xFF), raw, plane, i, wide)
-            if check:
-                bad |= value ^ U32(out[o])
-            else:
-                out[o] = value
-            i += g
-            o += g
-    if pos != U64(end):
-        return 1
-    return 2 if bad else 0
-
-
-@numba.njit(cache=True, nogil=True)
-def _decode_whole_block16(words, begin, end, table16, raw, block_start, steps, g, out, out_start, check):
-    """_decode_whole_block for 16-bit floats, with a table that holds each symbol where it goes in
-    the weight's bits (table16: length << 16 | symbol << 7) and the raw byte spread by _RAW16."""
-    if end <= begin:
-        return 1
-    buf = np.zeros(LANES, dtype=np.uint32)
-    nbits = np.zeros(LANES, dtype=np.uint32)
-    pos, last = U64(begin), U64(end - 1)
-    g = U64(g)
-    bad = U32(0)
-    for step in range(steps):
-        i = U64(block_start) + U64(step) // g * g * U64(LANES) + U64(step) % g  # lane 0's weight
-        o = i - U64(out_start)
-        for lane in range(LANES):
-            j = U64(lane)
-            b, nb = buf[j], nbits[j]
-            if nb < U32(MAX_CODE_LEN):
-                b |= U32(words[min(pos, last)]) << (U32(WORD_BITS) - nb)  # a truncated stream reads its last word
-                nb += U32(WORD_BITS)
-                pos += U64(1)
-            entry = table16[U64(b >> U32(32 - MAX_CODE_LEN))]
+            entry = table[U64(b >> U32(32 - MAX_CODE_LEN))]
             n = entry >> U32(16)
             buf[j] = b << n
             nbits[j] = nb - n
-            value = _RAW16[U64(raw[i])] | (entry & U32(0xFFFF))
+            if wide:
+                value = _merged_bits(entry & U32(0xFF), raw, plane, i, True)
+            else:
+                value = _RAW16[U64(raw[i])] | (entry & U32(0xFFFF))
             if check:
                 bad |= value ^ U32(out[o])
             else:
@@ -425,7 +381,7 @@ _RAW16 = np.array([((r & 0x80) << 8) | (r & 0x7F) for r in range(256)], dtype=np
 
 
 @numba.njit(cache=True, nogil=True)
-def _decode_block(words, index, table, table16, raw, n_total, steps, group, lo, hi, wide, out, check, b):
+def _decode_block(words, index, table, whole_table, raw, n_total, steps, group, lo, hi, wide, out, check, b):
     """Decode (or check) block b with the fastest decoder that applies; its status."""
     block_size = LANES * steps
     start = b * block_size
@@ -433,29 +389,25 @@ def _decode_block(words, index, table, table16, raw, n_total, steps, group, lo, 
     if count % LANES or start < lo or start + count > hi:
         return _decode_block_into(words, index[b], index[b + 1], table, raw, n_total, start, count, group, lo, hi,
                                   wide, out, check)
-    g = _block_group(count, group)
-    if wide:
-        return _decode_whole_block(words, index[b], index[b + 1], table, raw, n_total, start, count // LANES, g,
-                                   wide, out, lo, check)
-    return _decode_whole_block16(words, index[b], index[b + 1], table16, raw, start, count // LANES, g, out, lo,
-                                 check)
+    return _decode_whole_block(words, index[b], index[b + 1], whole_table, raw, n_total, start, count // LANES,
+                               _block_group(count, group), wide, out, lo, check)
 
 
 # Two loops rather than one function compiled twice: numba's disk cache keys a compiled function by
 # its name, so a parallel and a serial compilation of the same function would share one entry.
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _decode_into(words, index, table, table16, raw, n_total, steps, group, lo, hi, wide, out, status, check):
+def _decode_into(words, index, table, whole_table, raw, n_total, steps, group, lo, hi, wide, out, status, check):
     first = lo // (LANES * steps)
     for k in numba.prange(status.size):
-        status[k] = _decode_block(words, index, table, table16, raw, n_total, steps, group, lo, hi, wide, out,
+        status[k] = _decode_block(words, index, table, whole_table, raw, n_total, steps, group, lo, hi, wide, out,
                                   check, first + k)
 
 
 @numba.njit(cache=True, nogil=True)
-def _decode_into_serial(words, index, table, table16, raw, n_total, steps, group, lo, hi, wide, out, status, check):
+def _decode_into_serial(words, index, table, whole_table, raw, n_total, steps, group, lo, hi, wide, out, status, check):
     first = lo // (LANES * steps)
     for k in range(status.size):
-        status[k] = _decode_block(words, index, table, table16, raw, n_total, steps, group, lo, hi, wide, out,
+        status[k] = _decode_block(words, index, table, whole_table, raw, n_total, steps, group, lo, hi, wide, out,
                                   check, first + k)
 
 
@@ -473,11 +425,12 @@ def decode_into(words: np.ndarray, index: np.ndarray, table: np.ndarray, raw: np
         return
     block_size = LANES * steps
     status = np.zeros(-(-hi // block_size) - lo // block_size, dtype=np.int64)
+    wide = out.itemsize == 4
     entries = table.astype(np.uint32)
-    table16 = ((entries >> 8) << 16) | ((entries & 0xFF) << 7)  # see _decode_whole_block16
+    whole_table = ((entries >> 8) << 16) | ((entries & 0xFF) << (0 if wide else 7))  # see _decode_whole_block
     run = _decode_into if parallel and status.size > 1 else _decode_into_serial
-    run(words, index, table.astype(np.int16), table16, raw, n_total, steps, group, lo, hi, out.itemsize == 4, out,
-        status, check)
+    run(words, index, table.astype(np.int16), whole_table, raw, n_total, steps, group, lo, hi, wide, out, status,
+        check)
     if (status == 1).any():
         block = lo // block_size + int(np.flatnonzero(status == 1)[0])
         raise CorruptDataError(f"{where}: coded stream of block {block} does not decode (truncated or corrupted data)")
