@@ -670,9 +670,12 @@ class DecodePlan:
             kinds.setdefault((floats.LAYOUTS[item.dtype].raw_planes, item.group), []).extend(item.pieces())
         for (planes, group), kind in sorted(kinds.items()):
             shape = _KernelShape(planes, group, all(item.can_vector() for item in kind))
-            chosen = config or replace(DEFAULT_CONFIG, rows=fill_rows(kind, DEFAULT_CONFIG.rows),
-                                       num_warps=fill_rows(kind, DEFAULT_CONFIG.rows))
-            cfg = _effective_config(chosen, kind[0].out.device, batched=True)
+            if config is None:
+                rows = fill_rows(kind, DEFAULT_CONFIG.rows)
+                config_of_kind = replace(DEFAULT_CONFIG, rows=rows, num_warps=rows)
+            else:
+                config_of_kind = config
+            cfg = _effective_config(config_of_kind, kind[0].out.device, batched=True)
             table, num_tiles = _descriptor_table(kind, cfg.rows)
             self._launches.append((shape, cfg, table.to(kind[0].out.device), len(kind), num_tiles))
 
