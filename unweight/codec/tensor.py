@@ -89,6 +89,7 @@ class Code:
         self.codes = huffman.canonical_codes(self.lengths)
         self.entropy_bits = huffman.entropy_bits(hist)
         self._table: np.ndarray | None = None
+        self._on_device: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     @property
     def table(self) -> np.ndarray:
@@ -96,6 +97,15 @@ class Code:
         if self._table is None:
             self._table = huffman.decode_table(self.lengths)
         return self._table
+
+    def on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(codes, lengths, the GPU decoder's table) as tensors on `device`, made once per device."""
+        key = str(device)
+        if key not in self._on_device:  # a race between threads only makes the same tensors twice
+            self._on_device[key] = (torch.from_numpy(self.codes.astype(np.int64)).to(device),
+                                    torch.from_numpy(self.lengths.astype(np.int64)).to(device),
+                                    torch.from_numpy(huffman.gpu_decode_table(self.lengths)).to(device))
+        return self._on_device[key]
 
 
 @dataclass
@@ -430,16 +440,13 @@ def _encode_on(device: torch.device, plan: TensorPlan, data: np.ndarray, raw: np
     layout = floats.LAYOUTS[plan.dtype]
     view = torch.int16 if layout.width == 2 else torch.int32
     bits = torch.from_numpy(data).to(device).view(view)
-    words, index = lanes_torch.encode(bits, torch.from_numpy(plan.code.codes.astype(np.int64)),
-                                      torch.from_numpy(plan.code.lengths.astype(np.int64)), plan.steps,
-                                      layout.symbol_shift, plan.group)
+    codes, lengths, table = plan.code.on(device)
+    words, index = lanes_torch.encode(bits, codes, lengths, plan.steps, layout.symbol_shift, plan.group)
     if verify and device.type == "cuda":
         from ..kernels.decode import decode_lanes  # lazy: Triton is needed only here
         out = torch.empty(bits.numel(), dtype=_FLOAT_DTYPES[plan.dtype], device=device)
-        decode_lanes(words.view(torch.uint8), index.view(torch.uint8),
-                     torch.from_numpy(huffman.gpu_decode_table(plan.code.lengths)).to(device),
-                     torch.from_numpy(raw).to(device), out, numel_total=bits.numel(), steps=plan.steps,
-                     dtype=plan.dtype, group=plan.group)
+        decode_lanes(words.view(torch.uint8), index.view(torch.uint8), table, torch.from_numpy(raw).to(device), out,
+                     numel_total=bits.numel(), steps=plan.steps, dtype=plan.dtype, group=plan.group)
         if not torch.equal(out.view(view), bits):
             raise VerificationError(f"{where}: does not decode back to its original bits")
     return words.cpu().numpy().view(np.uint16), index.cpu().numpy()
