@@ -35,12 +35,14 @@ from unweight.reader import PackedReader  # noqa: E402
 LAYER = [(4096, 4096), (1024, 4096), (1024, 4096), (4096, 4096), (14336, 4096), (14336, 4096), (4096, 14336)]
 
 
-def packed(shape: tuple, seed: int, steps: int, device: str) -> tuple[torch.Tensor, PackedTensor]:
+def packed(shape: tuple, seed: int, steps: int, device: str, group: int = 0) -> tuple[torch.Tensor, PackedTensor]:
+    """Random normal bf16 weights (std 0.02) and their packed form on `device` (steps / group 0: what
+    compress picks)."""
     g = torch.Generator(device=device).manual_seed(seed)
     weights = (torch.randn(shape, generator=g, device=device) * 0.02).to(torch.bfloat16)
     host = weights.cpu().view(torch.uint8).reshape(-1).numpy()
     steps = steps or choose_steps(weights.numel())
-    enc = encode_float("BF16", weights.numel(), lambda a, b: host[a:b], steps=steps)
+    enc = encode_float("BF16", weights.numel(), lambda a, b: host[a:b], steps=steps, group=group)
     streams = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in enc.streams.items()}
     return weights, PackedTensor("w", "BF16", tuple(shape), "lanes", streams, steps, enc.code_lengths,
                                  group=enc.group).to(device)
