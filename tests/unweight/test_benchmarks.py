@@ -98,6 +98,44 @@ def test_decode_ab_script_checks_and_times_a_variant_under_interpreter(tmp_path)
     """benchmarks/gpu_decode_ab.py (the A/B runs of BENCHMARKS.md "GPU decode") on tiny shapes: it
     checks the layer, the tensor and a packed checkpoint's plan bit for bit before timing them, with a
     kernel constant overridden."""
+    args = ["--quick", "--device", "cpu", "--repeats", "1", "--prefetch-words", "64",
+            "--packed", str(_tiny_packed_checkpoint(tmp_path))]
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_decode_ab.py"), *args],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    label = " ".join(args)
+    assert lines[-2].startswith(f"{label}: packed ") and lines[-2].endswith("GB/s")
+    assert lines[-1].startswith(f"{label}: layer ") and "tensor" in lines[-1]
+
+
+@pytest.mark.slow
+def test_decode_script_times_a_checkpoint_also_with_shorter_lanes_under_interpreter(tmp_path):
+    """benchmarks/gpu_decode.py's checkpoint stage (MiniLM in BENCHMARKS.md "GPU decode") on a tiny
+    checkpoint: its bf16 weights decoded in one launch as packed and again coded with shorter lanes
+    (--minilm-steps), each checked bit for bit (a mismatch is a FAIL and a non-zero exit), with the
+    packed size of each; shorter lanes cost bytes."""
+    out = tmp_path / "results.json"
+    args = ["--device", "cpu", "--quick", "--out", str(out), "--minilm", str(_tiny_packed_checkpoint(tmp_path)),
+            "--minilm-steps", "4", "--skip", "layer", "layer-steps", "dtypes", "--steps-sweep", "--group-sweep",
+            "--reps", "1", "--budget-s", "0"]
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_decode.py"), *args],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    payload = json.loads(out.read_text())
+    checkpoint = {r["case"]: r for r in payload["results"] if r["case"].startswith("all-MiniLM-L6-v2 bf16")}
+    assert sorted(checkpoint) == ["all-MiniLM-L6-v2 bf16 (2 tensors)", "all-MiniLM-L6-v2 bf16 (2 tensors) steps=4"]
+    assert all(r["status"] == "ok" and r["ms"] > 0 for r in checkpoint.values())
+    sizes = {}
+    for note in payload["notes"]:
+        if note.startswith("all-MiniLM-L6-v2 bf16"):
+            label, _, ratio = note.partition(": 6,214 weights, packed ")
+            sizes[label] = float(ratio.removesuffix("% of the original"))
+    assert sizes["all-MiniLM-L6-v2 bf16 (2 tensors) steps=4"] > sizes["all-MiniLM-L6-v2 bf16 (2 tensors)"]
+
+
+def _tiny_packed_checkpoint(tmp_path: Path) -> Path:
+    """A packed checkpoint of a small bf16 and a small fp32 tensor (6,214 weights) at steps 8."""
     import torch
     from safetensors.torch import save_file
 
@@ -108,12 +146,4 @@ def test_decode_ab_script_checks_and_times_a_variant_under_interpreter(tmp_path)
     save_file({"w": (torch.randn(96, 64, generator=g) * 0.02).to(torch.bfloat16), "b": torch.randn(70, generator=g)},
               str(tmp_path / "src" / "model.safetensors"))
     unweight.compress(tmp_path / "src", tmp_path / "packed", steps=8)
-    args = ["--quick", "--device", "cpu", "--repeats", "1", "--prefetch-words", "64",
-            "--packed", str(tmp_path / "packed")]
-    result = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_decode_ab.py"), *args],
-                            capture_output=True, text=True, timeout=300, env={**os.environ, "TRITON_INTERPRET": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.strip().splitlines()
-    label = " ".join(args)
-    assert lines[-2].startswith(f"{label}: packed ") and lines[-2].endswith("GB/s")
-    assert lines[-1].startswith(f"{label}: layer ") and "tensor" in lines[-1]
+    return tmp_path / "packed"
