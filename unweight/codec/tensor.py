@@ -297,7 +297,7 @@ class TensorEncoder:
                 tasks.pop(0).result()  # read again: only a few tasks' worth of it in memory at once
         plan.data = None
         # queued behind the tensor's chunks on its thread, this sees their results (errors included)
-        sha256 = self._tensor_hasher.submit(_after, hashed, digest.hexdigest)
+        sha256 = self._tensor_hasher.submit(Pending(hashed, digest.hexdigest).result)
         return Pending([*tasks, *consumed, sha256], lambda: [sha256.result()])
 
     def _map(self, fn: Callable, args: list[tuple]) -> list:
@@ -443,16 +443,13 @@ def _encode_on(device: torch.device, plan: TensorPlan, data: np.ndarray, raw: np
     codes, lengths, table = plan.code.on(device)
     words, index = lanes_torch.encode(bits, codes, lengths, plan.steps, layout.symbol_shift, plan.group)
     if verify and device.type == "cuda":
-        from ..kernels.decode import decode_lanes  # lazy: Triton is needed only here
-        out = torch.empty(bits.numel(), dtype=_FLOAT_DTYPES[plan.dtype], device=device)
+        from ..kernels.decode import OUT_DTYPES, decode_lanes  # lazy: Triton is needed only here
+        out = torch.empty(bits.numel(), dtype=OUT_DTYPES[plan.dtype], device=device)
         decode_lanes(words.view(torch.uint8), index.view(torch.uint8), table, torch.from_numpy(raw).to(device), out,
                      numel_total=bits.numel(), steps=plan.steps, dtype=plan.dtype, group=plan.group)
         if not torch.equal(out.view(view), bits):
             raise VerificationError(f"{where}: does not decode back to its original bits")
     return words.cpu().numpy().view(np.uint16), index.cpu().numpy()
-
-
-_FLOAT_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
 
 
 def _check_chunk(words, index, code: Code, steps, group, raw, expected, where, start) -> None:
@@ -468,12 +465,6 @@ def _changed(where: str) -> SourceError:
 
 def _results(futures: list[Future]) -> list:
     return [f.result() for f in futures]
-
-
-def _after(futures: list[Future], then: Callable[[], object]) -> object:
-    for f in futures:
-        f.result()
-    return then()
 
 
 def _done(value) -> Future:

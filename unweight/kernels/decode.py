@@ -540,7 +540,7 @@ def _decode_many_kernel(desc_ptr, num_items, ROWS: tl.constexpr, RAW_PLANES: tl.
 
 # ----------------------------------------------------------------------------- launchers
 
-_OUT_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+OUT_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}  # output of each coded dtype
 _INT_VIEWS = {2: torch.int16, 4: torch.int32}
 
 
@@ -729,12 +729,12 @@ def _launch_checked(launch, config: DecodeConfig, batched: bool) -> None:
 
 def _check_args(words, index, table, raw, out, numel_total, steps, dtype, start, group) -> floats.FloatLayout:
     """Refuse inputs the kernel would misread; every check is on metadata (no device sync)."""
-    if dtype not in _OUT_DTYPES:
+    if dtype not in OUT_DTYPES:
         raise UnweightError(f"decode_lanes: dtype {dtype!r} is not coded with lanes; expected one of "
-                            f"{', '.join(_OUT_DTYPES)}")
+                            f"{', '.join(OUT_DTYPES)}")
     layout = floats.LAYOUTS[dtype]
-    if out.dtype != _OUT_DTYPES[dtype] or not out.is_contiguous():
-        raise UnweightError(f"decode_lanes: output must be a contiguous {_OUT_DTYPES[dtype]} tensor, got "
+    if out.dtype != OUT_DTYPES[dtype] or not out.is_contiguous():
+        raise UnweightError(f"decode_lanes: output must be a contiguous {OUT_DTYPES[dtype]} tensor, got "
                             f"{out.dtype} with strides {tuple(out.stride())}")
     if group not in _GROUPS or steps % group:
         raise UnweightError(f"decode_lanes: group {group!r} with steps {steps}: the group must be one of "
