@@ -30,11 +30,9 @@ def encode(values: torch.Tensor, codes: torch.Tensor, lengths: torch.Tensor, ste
     uint16 words' bits; index int64[num_blocks + 1]). codes, lengths: the code of each of the 256 symbols."""
     check_group(group, steps)
     codes, lengths = codes.to(values.device, torch.int64), lengths.to(values.device, torch.int64)
-    block_size = LANES * steps
-    chunk = max(1, CHUNK_WEIGHTS // block_size) * block_size
     words, index, base = [], [torch.zeros(1, dtype=torch.int64, device=values.device)], 0
-    for start in range(0, values.numel(), chunk):
-        part_words, part_index = _encode_blocks(values[start : start + chunk], codes, lengths, steps, shift, group)
+    for part in _chunks(values, steps):
+        part_words, part_index = _encode_blocks(part, codes, lengths, steps, shift, group)
         words.append(part_words)
         index.append(part_index[1:] + base)
         base += part_words.numel()
@@ -47,14 +45,19 @@ def block_index(values: torch.Tensor, lengths: torch.Tensor, steps: int, shift: 
     """`lanes.block_index` on values' device: the index `encode` returns, without the words."""
     check_group(group, steps)
     lengths = lengths.to(values.device, torch.int64)
-    block_size = LANES * steps
-    chunk = max(1, CHUNK_WEIGHTS // block_size) * block_size
     index, base = [torch.zeros(1, dtype=torch.int64, device=values.device)], 0
-    for start in range(0, values.numel(), chunk):
-        place = _Placement(values[start : start + chunk], lengths, steps, shift, group)
+    for part in _chunks(values, steps):
+        place = _Placement(part, lengths, steps, shift, group)
         index.append(place.block_ends + base)
         base += int(place.block_ends[-1])
     return torch.cat(index)
+
+
+def _chunks(values: torch.Tensor, steps: int) -> list[torch.Tensor]:
+    """values cut into the whole blocks (bar the last) of one pass each (CHUNK_WEIGHTS)."""
+    block_size = LANES * steps
+    chunk = max(1, CHUNK_WEIGHTS // block_size) * block_size
+    return [values[start : start + chunk] for start in range(0, values.numel(), chunk)]
 
 
 class _Placement:
