@@ -39,6 +39,7 @@ MAX_IN_FLIGHT = 64               # units planned or coded at once
 KEEP_BYTES = 256 * 1024**2       # source bytes read while planning a shard and kept for coding it
 READ_BATCH_BYTES = 32 * 1024**2  # small tensors are read in runs of up to this many bytes
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass
@@ -168,15 +169,24 @@ def _write_packed(source: SourceCheckpoint, out: Path, report: CompressReport, v
 def _planned(encoder: TensorEncoder, headers: list[SafetensorsHeader], steps: int | None) -> Iterator[_Tensor]:
     """Every tensor with its plan, in file order, planning several units at once (IN_FLIGHT_BYTES of
     source, plus the rest of a run of small tensors read together)."""
-    pending: deque[tuple[list[_Tensor], Future]] = deque()
-    for header in headers:
-        for unit in _units(_readers(header)):
-            tensors = [t for t, _ in unit]
-            while pending and not _may_add([u for u, _ in pending], tensors):
-                yield from _with_plans(*pending.popleft())
-            pending.append((tensors, encoder.plan([_source(t.entry, read, steps) for t, read in unit])))
+    units = (unit for header in headers for unit in _units(_readers(header)))
+    for tensors in _in_flight(units, lambda unit: encoder.plan([_source(t.entry, read, steps) for t, read in unit]),
+                              _with_plans):
+        yield from tensors
+
+
+def _in_flight(units: Iterator[list[tuple[_Tensor, T]]], start: Callable[[list[tuple[_Tensor, T]]], object],
+               finish: Callable[[list[_Tensor], object], R]) -> Iterator[R]:
+    """start(unit) for every unit, in order, with several in flight at once (their source bytes within
+    IN_FLIGHT_BYTES, see _may_add); yields finish(the unit's tensors, what start returned) in order."""
+    pending: deque[tuple[list[_Tensor], object]] = deque()
+    for unit in units:
+        tensors = [t for t, _ in unit]
+        while pending and not _may_add([u for u, _ in pending], tensors):
+            yield finish(*pending.popleft())
+        pending.append((tensors, start(unit)))
     while pending:
-        yield from _with_plans(*pending.popleft())
+        yield finish(*pending.popleft())
 
 
 def _with_plans(unit: list[_Tensor], plans: Future) -> list[_Tensor]:
@@ -281,18 +291,14 @@ def _write_shard(encoder: TensorEncoder, path: Path, group: list[_Tensor], verif
             sizes[role] += n
     writer = U8TensorWriter(path, list(sizes.items()))
     try:
-        # units coded several at a time (IN_FLIGHT_BYTES of source), in file order
-        pending: deque[tuple[list[_Tensor], Pending]] = deque()
-        digests: list[Pending] = []
+        # units coded several at a time, in file order
         jobs = [(t, TensorJob(t.plan, t.read, _shard_writer(writer, s), t.where)) for t, s in zip(group, spans)]
-        for unit in _units(iter(jobs)):
-            tensors = [t for t, _ in unit]
-            while pending and not _may_add([u for u, _ in pending], tensors):
-                pending.popleft()[1].result()
-            coded = encoder.code([job for _, job in unit], verify, consumer(tensors[0].header))
-            pending.append((tensors, coded))
-            digests.append(coded)
-        sha256s = [sha for coded in digests for sha in coded.result()]
+
+        def code(unit: list[tuple[_Tensor, TensorJob]]) -> Pending:
+            return encoder.code([job for _, job in unit], verify, consumer(unit[0][0].header))
+
+        sha256s = [sha for shas in _in_flight(_units(iter(jobs)), code, lambda _, coded: coded.result())
+                   for sha in shas]
     except BaseException:
         writer.abort()
         raise
