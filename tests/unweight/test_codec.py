@@ -155,7 +155,7 @@ def test_encoding_straight_from_the_bits(dtype):
     sym, raw = floats.split(layout, data)
     assert np.array_equal(floats.raw_planes(layout, data), raw)
     hist = np.bincount(sym, minlength=256)
-    assert np.array_equal(floats.symbol_histogram(layout, data, parallel=False), hist)
+    assert np.array_equal(floats.symbol_histogram(layout, data), hist)
     lengths = huffman.code_lengths(hist)
     codes = huffman.canonical_codes(lengths)
     words, index = lanes.encode(sym, codes, lengths, steps=16)

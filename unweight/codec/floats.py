@@ -143,22 +143,10 @@ def _symbol_counts(bits, shift, counts):
         counts[i & np.uint64(3), np.uint64((bits[i] >> shift) & 0xFF)] += 1
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
-def _symbol_histogram(bits, shift, num_chunks):
-    partial = np.zeros((num_chunks, 256), dtype=np.int64)
-    chunk = -(-bits.size // num_chunks)
-    for c in numba.prange(num_chunks):
-        for i in range(c * chunk, min(bits.size, (c + 1) * chunk)):
-            partial[c, (bits[i] >> shift) & 0xFF] += 1
-    return partial.sum(axis=0)
-
-
-def symbol_histogram(layout: FloatLayout, data: np.ndarray, parallel: bool = True) -> np.ndarray:
-    """Counts of each symbol value (int64[256]) straight from raw bytes, without splitting them;
-    without `parallel`, on the calling thread."""
+def symbol_histogram(layout: FloatLayout, data: np.ndarray) -> np.ndarray:
+    """Counts of each symbol value (int64[256]) straight from raw bytes, without splitting them, on
+    the calling thread (the encoder runs one per worker thread)."""
     bits = data.view(np.uint16 if layout.width == 2 else np.uint32)
-    if parallel:
-        return _symbol_histogram(bits, layout.symbol_shift, max(1, min(64, bits.size // (1 << 16))))
     counts = np.zeros((4, 256), dtype=np.int64)
     _symbol_counts(bits, layout.symbol_shift, counts)
     return counts.sum(axis=0)

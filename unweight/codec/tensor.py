@@ -397,7 +397,7 @@ def _join_indices(indices: list[np.ndarray]) -> np.ndarray:
 
 
 def _histogram_task(layout, data, start, stop) -> np.ndarray:
-    return floats.symbol_histogram(layout, data[start * layout.width : stop * layout.width], parallel=False)
+    return floats.symbol_histogram(layout, data[start * layout.width : stop * layout.width])
 
 
 def _index_task(layout, code: Code, data, start, stop, steps, group) -> np.ndarray:
