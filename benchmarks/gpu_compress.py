@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import unweight  # noqa: E402
 from common import Section, command_line, markdown_table, parser, publish  # noqa: E402
-from unweight.codec import floats, huffman, lanes, lanes_torch  # noqa: E402
-from unweight.codec.tensor import choose_group, choose_steps  # noqa: E402
+from unweight.codec import floats, lanes, lanes_torch  # noqa: E402
+from unweight.codec.tensor import Code, choose_group, choose_steps  # noqa: E402
 
 TITLE = "GPU compress: the torch lane coder and `unweight compress --device cuda`"
 LAYER = {"self_attn.q_proj": (4096, 4096), "self_attn.k_proj": (1024, 4096), "self_attn.v_proj": (1024, 4096),
@@ -56,15 +56,16 @@ def timed(fn, device: torch.device, reps: int) -> float:
 def code_one_tensor(device: torch.device, shape: tuple, reps: int) -> dict:
     weights = (torch.randn(shape, generator=torch.Generator().manual_seed(0)) * 0.02).to(torch.bfloat16)
     bits = weights.reshape(-1).view(torch.int16).numpy().view(np.uint16)
-    steps, group = choose_steps(bits.size), choose_group("BF16", choose_steps(bits.size))
+    steps = choose_steps(bits.size)
+    group = choose_group("BF16", steps)
     layout = floats.LAYOUTS["BF16"]
-    lengths = huffman.code_lengths(huffman.histogram(((bits >> layout.symbol_shift) & 0xFF).astype(np.uint8)))
-    codes = huffman.canonical_codes(lengths)
+    code = Code(floats.symbol_histogram(layout, bits.view(np.uint8)))
+    codes, lengths = code.codes, code.lengths
     cpu_s = timed(lambda: lanes.encode(bits, codes, lengths, steps, shift=layout.symbol_shift, group=group),
                   torch.device("cpu"), max(1, reps // 2))
     words, index = lanes.encode(bits, codes, lengths, steps, shift=layout.symbol_shift, group=group)
     on_device = weights.reshape(-1).view(torch.int16).to(device)
-    codes_t, lengths_t = torch.from_numpy(codes.astype(np.int64)), torch.from_numpy(lengths.astype(np.int64))
+    codes_t, lengths_t, _ = code.on(device)
     dev_s = timed(lambda: lanes_torch.encode(on_device, codes_t, lengths_t, steps, layout.symbol_shift, group),
                   device, reps)
     t_words, t_index = lanes_torch.encode(on_device, codes_t, lengths_t, steps, layout.symbol_shift, group)
