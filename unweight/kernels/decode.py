@@ -318,12 +318,13 @@ def _pair(e0, e1, raw2):
 
 
 @triton.jit
-def _store_run(e0, e1, e2, e3, raw_vec, out_vec, write, GROUP: tl.constexpr):
-    """Merge and store the GROUP neighbouring weights of each lane's run with one load and one store."""
+def _store_run(e0, e1, e2, e3, raw, out_vec, write, GROUP: tl.constexpr):
+    """Merge the GROUP neighbouring weights of each lane's run (raw: their GROUP raw bytes, one int16 or
+    int32 a lane) and store them with one access."""
     if GROUP == 2:
-        tl.store(out_vec, _pair(e0, e1, tl.load(raw_vec).to(tl.int32) & 0xFFFF), mask=write)
+        tl.store(out_vec, _pair(e0, e1, raw.to(tl.int32) & 0xFFFF), mask=write)
     else:
-        raw4 = tl.load(raw_vec)
+        raw4 = raw
         low = _pair(e0, e1, raw4 & 0xFFFF).to(tl.int64) & 0xFFFFFFFF
         high = _pair(e2, e3, (raw4 >> 16) & 0xFFFF).to(tl.int64)
         tl.store(out_vec, low | (high << 32), mask=write)
@@ -345,10 +346,24 @@ def _decode_whole(num_steps, lane_at, is_row, raw_row, out_row, raw_vec, out_vec
     e1 = word_at                                           # e1..e3: unused unless GROUP needs them
     e2 = word_at
     e3 = word_at
-    for t in range(0, num_steps, UNROLL):
+    RUNS: tl.constexpr = UNROLL // GROUP                   # runs a lane decodes an iteration
+    if VECTOR:
+        # the raw bytes of an iteration's runs are loaded one iteration ahead (software pipelining):
+        # their latency hides behind a whole iteration's steps instead of stalling its merge
+        raw_a = tl.load(raw_vec)
+        raw_b = raw_a                                      # run 1: only with 2 runs an iteration
+        if RUNS == 2:
+            raw_b = tl.load(raw_vec + LANES)
+    for t in tl.range(0, num_steps, UNROLL, loop_unroll_factor=2):  # two copies: no register move for raw_a
         if PREFETCH:
             _prefetch_ahead(raw_row, plane_stride, t * LANES + lane_at, last, word_row, word_at, word_limit, RAW_PLANES)
-        for r in tl.static_range(UNROLL // GROUP):        # run r of this iteration: weights r * GROUP * LANES + ...
+        if VECTOR:
+            more = lane_at * 0 + (t + UNROLL) < num_steps  # the next iteration's runs exist (a tensor mask)
+            next_a = tl.load(raw_vec + RUNS * LANES, mask=more, other=0)
+            next_b = next_a
+            if RUNS == 2:
+                next_b = tl.load(raw_vec + (RUNS + 1) * LANES, mask=more, other=0)
+        for r in tl.static_range(RUNS):                    # run r of this iteration: weights r * GROUP * LANES + ...
             buf, room, word_at, window, e0 = _next_entry(buf, room, word_at, window, True, word_row, word_limit,
                                                          table_ptr, small, ROWS, PREFIX, TABLE, False, WINDOW)
             if GROUP >= 2:
@@ -360,7 +375,7 @@ def _decode_whole(num_steps, lane_at, is_row, raw_row, out_row, raw_vec, out_vec
                 buf, room, word_at, window, e3 = _next_entry(buf, room, word_at, window, True, word_row, word_limit,
                                                              table_ptr, small, ROWS, PREFIX, TABLE, False, WINDOW)
             if VECTOR:
-                _store_run(e0, e1, e2, e3, raw_vec + r * LANES, out_vec + r * LANES, is_row, GROUP)
+                _store_run(e0, e1, e2, e3, raw_a if r == 0 else raw_b, out_vec + r * LANES, is_row, GROUP)
             else:
                 run = r * GROUP * LANES
                 tl.store(out_at + run, _merge(e0, raw_at + run, plane_stride, True, RAW_PLANES, False), mask=is_row)
@@ -372,10 +387,13 @@ def _decode_whole(num_steps, lane_at, is_row, raw_row, out_row, raw_vec, out_vec
                              mask=is_row)
                     tl.store(out_at + run + 3, _merge(e3, raw_at + run + 3, plane_stride, True, RAW_PLANES, False),
                              mask=is_row)
+        if VECTOR:
+            raw_a = next_a
+            raw_b = next_b
         raw_at += UNROLL * LANES
         out_at += UNROLL * LANES
-        raw_vec += UNROLL // GROUP * LANES
-        out_vec += UNROLL // GROUP * LANES
+        raw_vec += RUNS * LANES
+        out_vec += RUNS * LANES
 
 
 @triton.jit
@@ -517,12 +535,11 @@ F_STEPS, F_FIRST_TILE, FIELDS = tl.constexpr(_F_STEPS), tl.constexpr(_F_FIRST_TI
 def _decode_many_kernel(desc_ptr, num_items, ROWS: tl.constexpr, RAW_PLANES: tl.constexpr, PREFIX: tl.constexpr,
                         TABLE: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr, WINDOW: tl.constexpr,
                         GROUP: tl.constexpr, VECTOR: tl.constexpr):
-    # desc_ptr int64 [num_items, FIELDS]: one packed tensor (or row range of one) per row; programs
-    # [first_tile, next item's first_tile) decode that item, ROWS blocks each
+    # desc_ptr int64 [num_items, FIELDS]: one packed tensor (or row range of one) per row, then
+    # [number of programs]: the item each program decodes (programs [first_tile, next item's
+    # first_tile) decode that item, ROWS blocks each)
     pid = tl.program_id(0)
-    item = 0
-    for i in range(1, num_items):
-        item += (pid >= tl.load(desc_ptr + i * FIELDS + F_FIRST_TILE)).to(tl.int32)
+    item = tl.load(desc_ptr + num_items * FIELDS + pid)
     d = desc_ptr + item * FIELDS
     if RAW_PLANES == 1:
         out_ptr = tl.load(d + F_OUT).to(tl.pointer_type(tl.int16))
@@ -702,8 +719,11 @@ def fill_rows(items: list[DecodeItem], widest: int) -> int:
 
 
 def _descriptor_table(items: list[DecodeItem], rows: int) -> tuple[torch.Tensor, int]:
-    """int64 [items, FIELDS] rows for _decode_many_kernel, and the number of programs in all."""
+    """The int64 descriptor table of _decode_many_kernel: [items, FIELDS] rows, then the item of each
+    program (one load a program finds its item, however many items a launch has), and the number
+    of programs in all."""
     table = torch.zeros(len(items), _FIELDS, dtype=torch.int64)
+    tiles = [triton.cdiv(item.blocks()[1], rows) for item in items]
     first_tile = 0
     for k, item in enumerate(items):
         first_block, num_blocks = item.blocks()
@@ -713,8 +733,9 @@ def _descriptor_table(items: list[DecodeItem], rows: int) -> tuple[torch.Tensor,
                   _F_NUM_BLOCKS: num_blocks, _F_STEPS: item.steps, _F_FIRST_TILE: first_tile}
         for field, value in fields.items():
             table[k, field] = value
-        first_tile += triton.cdiv(num_blocks, rows)
-    return table, first_tile
+        first_tile += tiles[k]
+    item_of_tile = torch.repeat_interleave(torch.arange(len(items), dtype=torch.int64), torch.tensor(tiles))
+    return torch.cat([table.reshape(-1), item_of_tile]), first_tile
 
 
 def _launch_checked(launch, config: DecodeConfig, batched: bool) -> None:
