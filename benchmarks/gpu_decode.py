@@ -229,7 +229,7 @@ class Bench:
 def variant_name(cfg) -> str:
     prefix = "ballot" if cfg.prefix == 1 else "scan"
     table = {0: "global", 1: "shuffle", 2: "prefix", 3: "shared"}[cfg.table]
-    window = "/win" if cfg.window else ""
+    window = {0: "", 1: "/win", 2: "/ring"}[cfg.window]
     scalar = "" if cfg.vector else "/scalar"
     return (f"{prefix}/{table}/r{cfg.rows}w{cfg.num_warps}/u{cfg.unroll}{window}{scalar}/"
             f"{'pf' if cfg.prefetch else 'nopf'}")
@@ -308,15 +308,16 @@ def sweep_configs(kd, quick: bool) -> list:
     configs = [kd.DEFAULT_CONFIG]
     # warps a program: a flat tile of rows * 32 lanes on as many warps keeps lane j on hardware lane j
     # (the ballot needs it); 1-warp programs are capped at 32 resident per SM (half the warps)
-    shared = kd.TABLE_SHARED
+    shared, ring, registers, load = kd.TABLE_SHARED, kd.WINDOW_RING, kd.WINDOW_REGISTERS, kd.WINDOW_LOAD
     for rows in (4, 2, 8, 1, 16):
         for table in (shared, glob, prefix):
-            configs.append(c(rows, rows, ballot, table, True, 4, window=True))
-    # one change from the default each (the scan prefix reads the table from global memory)
-    configs += [c(rows, rows, ballot, shared, True, 4, window=False) for rows in (16, 4, 1)]
+            configs.append(c(rows, rows, ballot, table, True, 4, window=ring))
+    # one change from the default each (the scan prefix reads the table from global memory, the words from registers)
+    configs += [c(rows, rows, ballot, shared, True, 4, window=window) for rows in (16, 4, 1)
+                for window in (registers, load)]
     configs += [c(4, 4, ballot, shuf, True, 4), c(16, 16, ballot, shared, True, 2),
                 c(16, 16, ballot, shared, False, 4), c(16, 16, ballot, shared, True, 4, vector=False),
-                c(16, 16, scan, glob, True, 4, window=True), c(4, 4, scan, glob, True, 4, window=True)]
+                c(16, 16, scan, glob, True, 4, window=registers), c(4, 4, scan, glob, True, 4, window=registers)]
     unique = list(dict.fromkeys(configs))
     return unique[:4] if quick else unique
 

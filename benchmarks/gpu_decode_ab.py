@@ -95,7 +95,7 @@ def main() -> int:
     p.add_argument("--table", type=int, default=None, help="DecodeConfig.table (default: the default config's)")
     p.add_argument("--unroll", type=int, default=None, help="DecodeConfig.unroll")
     p.add_argument("--rows", type=int, default=None, help="DecodeConfig.rows (= num_warps)")
-    p.add_argument("--window", type=int, choices=(0, 1), default=None, help="DecodeConfig.window")
+    p.add_argument("--window", type=int, choices=(0, 1, 2), default=None, help="DecodeConfig.window")
     p.add_argument("--steps", type=int, default=0, help="steps of every matrix (0: what compress picks)")
     p.add_argument("--prefetch-words", type=int, default=None, help="kernel constant PREFETCH_WORDS")
     p.add_argument("--prefetch-steps", type=int, default=None, help="kernel constant PREFETCH_STEPS")
@@ -115,9 +115,8 @@ def main() -> int:
     for name, value in (("PREFETCH_WORDS", args.prefetch_words), ("PREFETCH_STEPS", args.prefetch_steps)):
         if value is not None:
             setattr(kd, name, tl.constexpr(value))
-    window = None if args.window is None else bool(args.window)
     overrides = {k: v for k, v in (("table", args.table), ("unroll", args.unroll), ("rows", args.rows),
-                                   ("num_warps", args.rows), ("window", window)) if v is not None}
+                                   ("num_warps", args.rows), ("window", args.window)) if v is not None}
     config = kd.DecodeConfig(**overrides)
     label = " ".join(sys.argv[1:]) or "default"
     layer = [packed((rows // scale, cols // scale), 10 + k, steps, args.device) for k, (rows, cols) in enumerate(LAYER)]

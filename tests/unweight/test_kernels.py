@@ -12,6 +12,7 @@ small (steps of 4 to 16 symbols) because the interpreter is slow.
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -147,9 +148,9 @@ def test_decode_into_row_ranges_through_packed_tensor(rows):
     dict(rows=1, num_warps=1, table=decode.TABLE_GLOBAL, unroll=4),
     dict(rows=1, num_warps=1, table=decode.TABLE_PREFIX, unroll=2),
     dict(rows=1, num_warps=1, table=decode.TABLE_PREFIX, unroll=4),
-    dict(rows=4, num_warps=4, unroll=2, window=False),
-    dict(rows=4, num_warps=4, unroll=4, window=True),
-    dict(rows=1, num_warps=1, unroll=1, window=True),
+    dict(rows=4, num_warps=4, unroll=2, window=decode.WINDOW_LOAD),
+    dict(rows=4, num_warps=4, unroll=4, window=decode.WINDOW_REGISTERS),
+    dict(rows=1, num_warps=1, unroll=1, window=decode.WINDOW_REGISTERS),
     dict(rows=2, num_warps=2, unroll=2, vector=False),
 ], ids=["rows1-unroll1", "rows8-unroll4", "shuffle-unroll2", "shuffle-unroll4", "global-unroll4", "prefix-unroll2",
         "prefix-unroll4", "no-window-rows4", "window-rows4", "window-unroll1", "scalar-runs"])
@@ -281,7 +282,8 @@ def test_empty_output_launches_nothing(small):
 
 
 @pytest.mark.parametrize("kwargs", [dict(rows=3), dict(rows=2, num_warps=4), dict(rows=8, num_warps=4),
-                                    dict(unroll=3), dict(prefix=7), dict(table=4), dict(num_warps=32, rows=32)])
+                                    dict(unroll=3), dict(prefix=7), dict(table=4), dict(window=3),
+                                    dict(num_warps=32, rows=32)])
 def test_config_refuses_bad_values(kwargs):
     with pytest.raises(UnweightError, match="DecodeConfig"):
         decode.DecodeConfig(**kwargs)
@@ -308,6 +310,25 @@ def test_interpreter_runs_the_portable_tile():
     assert decode.DEFAULT_CONFIG.table == decode.TABLE_SHARED and used.table == decode.TABLE_GLOBAL  # no PTX here
     as_given = decode.DecodeConfig(rows=2, num_warps=2, prefix=decode.PREFIX_SCAN, prefetch=False)
     assert decode.effective_config(as_given, "cpu") == as_given
+
+
+def test_words_ring_is_used_only_with_the_ballot_tile_and_aligned_words(small):
+    """The ring stages words with 8-byte cp.async copies from one lane a thread: elsewhere the kernel
+    takes its words from registers (the interpreter never runs the ring)."""
+    out = torch.empty(small.numel, dtype=torch.bfloat16)
+    aligned = item(small, out)
+    assert aligned.can_ring() and decode.DEFAULT_CONFIG.window == decode.WINDOW_RING
+    padded = torch.zeros(aligned.words.numel() + 2, dtype=torch.uint8)
+    padded[2:] = aligned.words
+    shifted = dataclasses.replace(aligned, words=padded[2:])  # the same words at an address 2 bytes off
+    assert not shifted.can_ring()
+    window = {(ring, ballot): decode._KernelShape(1, small.group, True, ring).constexprs(
+        decode.DEFAULT_CONFIG if ballot else decode.DEFAULT_CONFIG.without_ballot())["WINDOW"]
+        for ring in (True, False) for ballot in (True, False)}
+    assert window == {(True, True): decode.WINDOW_RING, (True, False): decode.WINDOW_REGISTERS,
+                      (False, True): decode.WINDOW_REGISTERS, (False, False): decode.WINDOW_REGISTERS}
+    decode.launch_decode(shifted, decode.DEFAULT_CONFIG)  # decodes (here with the portable tile) bit for bit
+    assert torch.equal(out.view(torch.int16), small.decode(backend="cpu").reshape(-1).view(torch.int16))
 
 
 def test_importing_unweight_does_not_import_triton():

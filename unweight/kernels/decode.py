@@ -57,6 +57,10 @@ SMALL_STRIDE = tl.constexpr(1 << (_MAX_CODE_LEN - 6))  # table entries per 6-bit
 PREFETCH_STEPS = tl.constexpr(8)               # PREFETCH: raw bytes this many steps ahead (2 lines)...
 PREFETCH_WORDS = tl.constexpr(128)             # ...and lane words this many words ahead (~24 steps)
 
+RING_BYTES = tl.constexpr(1024)                # WINDOW_RING: a row's ring of staged words in shared memory (512 words)...
+RING_AHEAD = tl.constexpr(768)                 # ...staged this many bytes (384 words) past the row's read position...
+CHUNK_BYTES = tl.constexpr(256)                # ...by aligned copies of 128 words, 8 bytes a lane
+
 # Word-slot prefix over the lanes of a step (which word each refilling lane takes).
 PREFIX_SCAN = 0     # scan + reduction along the lane axis: portable, runs in the interpreter
 PREFIX_BALLOT = 1   # vote.ballot + popc in inline PTX: CUDA only, needs lane j on hardware lane j
@@ -66,6 +70,13 @@ TABLE_SHUFFLE = 1   # codes <= 6 bits from a 64-entry copy in registers (warp sh
 TABLE_PREFIX = 2    # codes <= 6 bits from the table's 64-entry first level (one cache line), longer from global
 TABLE_SHARED = 3    # the table copied into shared memory when a program starts (inline PTX, so CUDA only; it
                     # needs the ballot's tile, one lane a thread: with the scan prefix the table is read as GLOBAL)
+# Where a refilling lane's word comes from.
+WINDOW_LOAD = 0     # a load from the row's stream on the step's chain
+WINDOW_REGISTERS = 1  # the row's next 32 words, loaded a step ahead, one a lane, taken by warp shuffle
+WINDOW_RING = 2     # a ring of the row's words in shared memory, staged hundreds of words ahead by cp.async
+                    # (inline PTX, CUDA only; needs the ballot's tile and 8-byte aligned words)
+_WINDOW_REGISTERS = tl.constexpr(WINDOW_REGISTERS)
+_WINDOW_RING = tl.constexpr(WINDOW_RING)
 _PREFIX_BALLOT = tl.constexpr(PREFIX_BALLOT)
 _TABLE_SHUFFLE = tl.constexpr(TABLE_SHUFFLE)
 _TABLE_PREFIX = tl.constexpr(TABLE_PREFIX)
@@ -88,7 +99,8 @@ class DecodeConfig:
     prefetch: bool = True    # PTX prefetch of raw bytes and lane words ahead of use (CUDA only)
     unroll: int = 4          # steps per loop iteration (the prefetch is issued once an iteration); at least
                              # the tensor's group
-    window: bool = True      # refill words from a 32-word window loaded a step ahead, picked by warp shuffle
+    window: int = WINDOW_RING  # where refill words come from (WINDOW_*): the ring keeps global loads off the
+                               # step's chain
     vector: bool = True      # 16-bit weights in runs (group 2, 4): one raw load and one store a run
 
     def __post_init__(self):
@@ -97,14 +109,16 @@ class DecodeConfig:
                   "num_warps": self.num_warps in (1, 2, 4, 8, 16),
                   "prefix": self.prefix in (PREFIX_SCAN, PREFIX_BALLOT),
                   "table": self.table in (TABLE_GLOBAL, TABLE_SHUFFLE, TABLE_PREFIX, TABLE_SHARED),
-                  "unroll": self.unroll in (1, 2, 4)}
+                  "unroll": self.unroll in (1, 2, 4),
+                  "window": self.window in (WINDOW_LOAD, WINDOW_REGISTERS, WINDOW_RING)}
         for name, ok in checks.items():
             if not ok:
                 raise UnweightError(f"DecodeConfig.{name}={getattr(self, name)!r} is not allowed "
                                     f"(rows: a power of two, at least num_warps, equal to it with the ballot "
                                     f"prefix; num_warps: 1..16, a power of two; "
                                     f"prefix: {PREFIX_SCAN} or {PREFIX_BALLOT}; table: {TABLE_GLOBAL}, "
-                                    f"{TABLE_SHUFFLE}, {TABLE_PREFIX} or {TABLE_SHARED}; unroll: 1, 2 or 4)")
+                                    f"{TABLE_SHUFFLE}, {TABLE_PREFIX} or {TABLE_SHARED}; unroll: 1, 2 or 4; "
+                                    f"window: {WINDOW_LOAD}, {WINDOW_REGISTERS} or {WINDOW_RING})")
 
     def portable(self) -> "DecodeConfig":
         """The tile for the Triton interpreter: no inline PTX, and at least 32 rows, since the
@@ -113,9 +127,10 @@ class DecodeConfig:
 
     def without_ballot(self) -> "DecodeConfig":
         """The same with the portable prefix (and the table read from global memory where it was in
-        shared memory, which needs the ballot's one-lane-a-thread tile)."""
+        shared memory, the window in registers where it was a ring: both need the ballot's
+        one-lane-a-thread tile)."""
         table = TABLE_GLOBAL if self.table == TABLE_SHARED else self.table
-        return replace(self, prefix=PREFIX_SCAN, table=table)
+        return replace(self, prefix=PREFIX_SCAN, table=table, window=min(self.window, WINDOW_REGISTERS))
 
 
 DEFAULT_CONFIG = DecodeConfig()
@@ -275,13 +290,80 @@ def _load(ptr, mask, MASKED: tl.constexpr):
 
 
 @triton.jit
+def _ring_rows(ROWS: tl.constexpr):
+    """Declare the shared-memory rings `unweight_ring` (RING_BYTES a row, ROWS rows, 1024-byte aligned)
+    and return the shared address of each lane's row's ring. Emitted once per kernel (a PTX declaration)."""
+    e = tl.arange(0, ROWS * LANES)
+    if ROWS == 1:
+        base = tl.inline_asm_elementwise(".shared .align 1024 .b8 unweight_ring[1024];\n\tmov.u32 $0, unweight_ring;",
+                                         "=r,r", [e], dtype=tl.int32, is_pure=False, pack=1)
+    elif ROWS == 2:
+        base = tl.inline_asm_elementwise(".shared .align 1024 .b8 unweight_ring[2048];\n\tmov.u32 $0, unweight_ring;",
+                                         "=r,r", [e], dtype=tl.int32, is_pure=False, pack=1)
+    elif ROWS == 4:
+        base = tl.inline_asm_elementwise(".shared .align 1024 .b8 unweight_ring[4096];\n\tmov.u32 $0, unweight_ring;",
+                                         "=r,r", [e], dtype=tl.int32, is_pure=False, pack=1)
+    elif ROWS == 8:
+        base = tl.inline_asm_elementwise(".shared .align 1024 .b8 unweight_ring[8192];\n\tmov.u32 $0, unweight_ring;",
+                                         "=r,r", [e], dtype=tl.int32, is_pure=False, pack=1)
+    else:
+        tl.static_assert(ROWS == 16, "the ring is declared for up to 16 rows")
+        base = tl.inline_asm_elementwise(".shared .align 1024 .b8 unweight_ring[16384];\n\tmov.u32 $0, unweight_ring;",
+                                         "=r,r", [e], dtype=tl.int32, is_pure=False, pack=1)
+    return base + e // LANES * RING_BYTES
+
+
+@triton.jit
+def _ring_word(ring_row, at):
+    """The word at byte `at` of the tensor's words, from the row's ring (staged by _ring_stage)."""
+    # not pure: it must stay between the stagings around it
+    return tl.inline_asm_elementwise("ld.shared.u16 $0, [$1];", "=r,r", [(at & (RING_BYTES - 2)) | ring_row],
+                                     dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def _ring_stage(ring_row, words_bytes, staged, lane, word_end, issue):
+    """Where `issue`: copy bytes [staged, staged + CHUNK_BYTES) of the tensor's words (staged: a multiple
+    of CHUNK_BYTES) into the row's ring with cp.async, 8 bytes a lane, none at or past byte word_end (the
+    row's end: nothing there is read; a copy of fewer bytes reads only those). Returns the new staged."""
+    at = staged + 8 * lane
+    size = tl.minimum(tl.maximum(word_end - at, 0), 8)
+    tl.inline_asm_elementwise(
+        "{ .reg .pred p; setp.ne.s32 p, $1, 0; @p cp.async.ca.shared.global [$2], [$3], 8, $4; mov.u32 $0, 0; }",
+        "=r,r,r,l,r", [issue.to(tl.int32), (at & (RING_BYTES - 1)) | ring_row, words_bytes + at, size],
+        dtype=tl.int32, is_pure=False, pack=1)
+    return staged + tl.where(issue, CHUNK_BYTES, 0)
+
+
+@triton.jit
+def _ring_barrier(x):
+    """Warp barrier: orders every lane's ring reads before the stagings that follow."""
+    return tl.inline_asm_elementwise("bar.warp.sync -1;\n\tmov.u32 $0, 0;", "=r,r", [x], dtype=tl.int32,
+                                     is_pure=False, pack=1)
+
+
+@triton.jit
+def _ring_ready(x, PENDING: tl.constexpr):
+    """Close the stagings issued since the last call as one group and wait until at most PENDING groups
+    are in flight, then a warp barrier so that every lane sees the words the others copied."""
+    if PENDING == 0:
+        done = tl.inline_asm_elementwise("cp.async.commit_group;\n\tcp.async.wait_group 0;\n\tbar.warp.sync -1;"
+                                         "\n\tmov.u32 $0, 0;", "=r,r", [x], dtype=tl.int32, is_pure=False, pack=1)
+    else:
+        done = tl.inline_asm_elementwise("cp.async.commit_group;\n\tcp.async.wait_group 1;\n\tbar.warp.sync -1;"
+                                         "\n\tmov.u32 $0, 0;", "=r,r", [x], dtype=tl.int32, is_pure=False, pack=1)
+    return done
+
+
+@triton.jit
 def _next_entry(buf, room, word_at, window, active, word_row, word_limit, table_ptr, small, ROWS: tl.constexpr,
                 PREFIX: tl.constexpr, TABLE: tl.constexpr, MASKED: tl.constexpr, WINDOW: tl.constexpr):
     """One step of every row: refill the lanes that run low, then decode one symbol a lane.
 
     State per lane: buf (uint32, MSB-aligned bits), room = 16 - buffered bits (the shift that puts
     the next word right after them), word_at = words the row has taken + the lane's index in the row
-    (the word of the row's window the lane loads). Returns the new state and the
+    (the word of the row's window the lane loads; with the ring: the byte offset in the tensor's words
+    of the row's next word, and window the row's ring). Returns the new state and the
     table entry of the symbol. Without MASKED every lane of every row is active.
     """
     need = room > WORD_BITS - MAX_CODE_LEN                 # [ROWS * LANES]: fewer than 12 bits left
@@ -289,7 +371,11 @@ def _next_entry(buf, room, word_at, window, active, word_row, word_limit, table_
         need = need & active                               # lanes past the end of a partial block
     need = need.to(tl.int32)
     before, total, bits = _word_slots(need, ROWS, PREFIX)
-    if WINDOW:
+    if WINDOW == _WINDOW_RING:
+        # window: the row's ring in shared memory; word_at: the byte of the tensor's words the row reads next
+        word = tl.where(need != 0, _ring_word(window, word_at + (before << 1)), 0).to(tl.uint32)
+        word_at += total << 1
+    elif WINDOW == _WINDOW_REGISTERS:
         # the words this step can take are the row's next 32: loaded during the previous step,
         # so the refill is a shuffle instead of a load on the step's dependent chain
         word = tl.where(need != 0, _window_word(window, before, ROWS, PREFIX), 0).to(tl.uint32)
@@ -331,7 +417,7 @@ def _store_run(e0, e1, e2, e3, raw, out_vec, write, GROUP: tl.constexpr):
 
 
 @triton.jit
-def _decode_whole(num_steps, lane_at, is_row, raw_row, out_row, raw_vec, out_vec, word_row, word_limit,
+def _decode_whole(num_steps, lane, lane_at, is_row, raw_row, out_row, raw_vec, out_vec, words_ptr, word0, word_limit,
                   plane_stride, table_ptr, small, last, ROWS: tl.constexpr, RAW_PLANES: tl.constexpr,
                   PREFIX: tl.constexpr, TABLE: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr,
                   WINDOW: tl.constexpr, GROUP: tl.constexpr, VECTOR: tl.constexpr):
@@ -339,8 +425,27 @@ def _decode_whole(num_steps, lane_at, is_row, raw_row, out_row, raw_vec, out_vec
     weights (the block layout, codec/lanes.py); lane_at = lane * GROUP, the lane's first weight.
     With VECTOR (16-bit weights, GROUP 2 or 4) a run's raw bytes are one load and its weights one
     store (raw_vec / out_vec point at the lane's first run in those units). Rows that are not
-    is_row decode a copy of another row and store nothing."""
-    buf, room, word_at, window = _initial_state(word_row, word_limit, ROWS, WINDOW)
+    is_row decode a copy of another row and store nothing. The row's stream: words_ptr[word0:][:word_limit].
+
+    With the ring, each iteration first stages the row's words up to RING_AHEAD past its read
+    position (at most 2 chunks: an iteration reads at most UNROLL * 32 = 128 words) and then waits
+    for the stagings of the iterations before, which hold every word this one can read."""
+    word_row = words_ptr + word0
+    if WINDOW == _WINDOW_RING:
+        # byte offsets in the tensor's words (int32: a tensor's words stay below 2 GiB)
+        words_bytes = words_ptr.to(tl.pointer_type(tl.uint8))
+        word_end = (2 * (word0 + word_limit)).to(tl.int32)
+        ring = _ring_rows(ROWS)
+        word_at = (2 * word0).to(tl.int32) + lane * 0
+        staged = word_at // CHUNK_BYTES * CHUNK_BYTES
+        for _ in tl.static_range(RING_AHEAD // CHUNK_BYTES):  # RING_AHEAD - CHUNK_BYTES + 1 bytes past the start, at least
+            staged = _ring_stage(ring, words_bytes, staged, lane, word_end, staged < word_end)
+        ring += _ring_ready(staged, 0)
+        buf = tl.full([ROWS * LANES], 0, tl.uint32)
+        room = tl.full([ROWS * LANES], WORD_BITS, tl.int32)
+        window = ring
+    else:
+        buf, room, word_at, window = _initial_state(word_row, word_limit, ROWS, WINDOW)
     raw_at = raw_row + lane_at
     out_at = out_row + lane_at
     e1 = word_at                                           # e1..e3: unused unless GROUP needs them
@@ -356,7 +461,17 @@ def _decode_whole(num_steps, lane_at, is_row, raw_row, out_row, raw_vec, out_vec
             raw_b = tl.load(raw_vec + LANES)
     for t in tl.range(0, num_steps, UNROLL, loop_unroll_factor=2):  # two copies: no register move for raw_a
         if PREFETCH:
-            _prefetch_ahead(raw_row, plane_stride, t * LANES + lane_at, last, word_row, word_at, word_limit, RAW_PLANES)
+            _prefetch_ahead(raw_row, plane_stride, t * LANES + lane_at, last, word_row, word_at, word_limit, RAW_PLANES,
+                            WINDOW != _WINDOW_RING)
+        if WINDOW == _WINDOW_RING:
+            # one chunk an iteration keeps RING_AHEAD - CHUNK_BYTES staged ahead (an iteration reads at most
+            # UNROLL * 32 words = CHUNK_BYTES); waiting for all but this iteration's copy leaves at least
+            # RING_AHEAD - 2 * CHUNK_BYTES = CHUNK_BYTES ready; the ring's bytes it overwrites were read
+            # before this iteration, by lanes that the barrier holds back until then
+            window += _ring_barrier(staged)
+            staged = _ring_stage(window, words_bytes, staged, lane, word_end,
+                                 (staged < word_at + RING_AHEAD) & (staged < word_end))
+            window += _ring_ready(staged, 1)
         if VECTOR:
             more = lane_at * 0 + (t + UNROLL) < num_steps  # the next iteration's runs exist (a tensor mask)
             next_a = tl.load(raw_vec + RUNS * LANES, mask=more, other=0)
@@ -402,8 +517,10 @@ def _decode_partial(num_steps, lane, group_shift, run_mask, count, lo, span, raw
                     PREFIX: tl.constexpr, TABLE: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr,
                     WINDOW: tl.constexpr):
     """Rows with a partial block or range: every step finds its weight from the block layout (the
-    row's group is 1 << group_shift = run_mask + 1) and decodes, stores and refills under masks."""
-    buf, room, word_at, window = _initial_state(word_row, word_limit, ROWS, WINDOW)
+    row's group is 1 << group_shift = run_mask + 1) and decodes, stores and refills under masks
+    (with the window in registers where the whole blocks have the ring)."""
+    W: tl.constexpr = _WINDOW_REGISTERS if WINDOW == _WINDOW_RING else WINDOW
+    buf, room, word_at, window = _initial_state(word_row, word_limit, ROWS, W)
     lane_at = lane << group_shift
     last = tl.maximum(count - 1, 0)
     for t0 in range(0, num_steps, UNROLL):
@@ -415,7 +532,7 @@ def _decode_partial(num_steps, lane, group_shift, run_mask, count, lo, span, raw
             at = ((t >> group_shift) << (group_shift + 5)) + lane_at + (t & run_mask)  # weight offset in the block
             buf, room, word_at, window, entry = _next_entry(buf, room, word_at, window, at < count, word_row,
                                                             word_limit, table_ptr, small, ROWS, PREFIX, TABLE,
-                                                            True, WINDOW)
+                                                            True, W)
             write = (at - lo).to(tl.uint32, bitcast=True) < span  # lo <= at < lo + span
             value = _merge(entry, raw_row + at, plane_stride, write, RAW_PLANES, True)
             tl.store(out_row + at, value, mask=write)
@@ -435,13 +552,16 @@ def _initial_state(word_row, word_limit, ROWS: tl.constexpr, WINDOW: tl.constexp
 
 
 @triton.jit
-def _prefetch_ahead(raw_row, plane_stride, at, last, word_row, word_at, word_limit, RAW_PLANES: tl.constexpr):
-    """Prefetch the raw bytes PREFETCH_STEPS steps after weight offset `at` and the words PREFETCH_WORDS
-    ahead, clamped to the block (raw) and the row's stream (words): never an address outside the tensors."""
+def _prefetch_ahead(raw_row, plane_stride, at, last, word_row, word_at, word_limit, RAW_PLANES: tl.constexpr,
+                    WORDS: tl.constexpr = True):
+    """Prefetch the raw bytes PREFETCH_STEPS steps after weight offset `at` and (WORDS) the words
+    PREFETCH_WORDS ahead, clamped to the block (raw) and the row's stream (words): never an address
+    outside the tensors."""
     ahead = tl.minimum(at + PREFETCH_STEPS * LANES, last)
     for p in tl.static_range(RAW_PLANES):
         _prefetch(raw_row + p * plane_stride + ahead)
-    _prefetch(word_row + tl.maximum(tl.minimum(word_at + PREFETCH_WORDS, word_limit - 1), 0))
+    if WORDS:
+        _prefetch(word_row + tl.maximum(tl.minimum(word_at + PREFETCH_WORDS, word_limit - 1), 0))
 
 
 @triton.jit
@@ -492,7 +612,7 @@ def _decode_rows(words_ptr, index_ptr, table_ptr, raw_ptr, out_ptr, numel_total,
         else:
             raw_vec = raw_row   # unused
             out_vec = out_row   # unused
-        _decode_whole(steps, lane * GROUP, is_row, raw_row, out_row, raw_vec, out_vec, word_row, word_limit,
+        _decode_whole(steps, lane, lane * GROUP, is_row, raw_row, out_row, raw_vec, out_vec, words_ptr, word0, word_limit,
                       plane_stride, table_ptr, small, block_size - 1, ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH,
                       UNROLL, WINDOW, GROUP, VECTOR)
     else:
@@ -600,6 +720,11 @@ class DecodeItem:
         return (self.group > 1 and floats.LAYOUTS[self.dtype].raw_planes == 1 and self.raw.data_ptr() % self.group == 0
                 and (self.out.data_ptr() - 2 * self.start) % (2 * self.group) == 0)
 
+    def can_ring(self) -> bool:
+        """Whether the kernel may stage the words in shared memory (WINDOW_RING): it copies them 8 bytes
+        at a time from 8-byte aligned addresses."""
+        return self.words.data_ptr() % 8 == 0
+
     def pieces(self) -> list["DecodeItem"]:
         """The item as up to three items: a partial first block, the whole blocks, a partial last block
         (the whole blocks then decode without masks, in tiles of their own)."""
@@ -628,7 +753,7 @@ def launch_decode(item: DecodeItem, config: DecodeConfig | None = None) -> None:
     args = (item.words.view(torch.int16), item.index.view(torch.int64), item.table, item.raw,
             item.out.view(_INT_VIEWS[layout.width]), item.numel_total, item.start, item.start + item.out.numel(),
             first_block, num_blocks, item.steps)
-    shape = _KernelShape(layout.raw_planes, item.group, item.can_vector())
+    shape = _KernelShape(layout.raw_planes, item.group, item.can_vector(), item.can_ring())
 
     def launch(cfg: DecodeConfig):
         return _decode_lanes_kernel[(triton.cdiv(num_blocks, cfg.rows),)](*args, **shape.constexprs(cfg))
@@ -652,11 +777,15 @@ class _KernelShape:
     raw_planes: int    # 1: 16-bit weights, 3: fp32
     group: int         # the tensors' group
     vector: bool       # runs read and written with one access (DecodeConfig.vector and DecodeItem.can_vector)
+    ring: bool         # the words may be staged in a ring (DecodeItem.can_ring)
 
     def constexprs(self, config: DecodeConfig) -> dict:
+        # the shared table and the ring need the ballot's tile (one lane a thread)
         table = config.table if config.table != TABLE_SHARED or config.prefix == PREFIX_BALLOT else TABLE_GLOBAL
+        ring_ok = self.ring and config.prefix == PREFIX_BALLOT
+        window = config.window if config.window != WINDOW_RING or ring_ok else WINDOW_REGISTERS
         return dict(ROWS=config.rows, RAW_PLANES=self.raw_planes, PREFIX=config.prefix, TABLE=table,
-                    PREFETCH=config.prefetch, UNROLL=max(config.unroll, self.group), WINDOW=config.window,
+                    PREFETCH=config.prefetch, UNROLL=max(config.unroll, self.group), WINDOW=window,
                     GROUP=self.group, VECTOR=self.vector and config.vector, num_warps=config.num_warps)
 
 
@@ -686,7 +815,8 @@ class DecodePlan:
         for item in items:
             kinds.setdefault((floats.LAYOUTS[item.dtype].raw_planes, item.group), []).extend(item.pieces())
         for (planes, group), kind in sorted(kinds.items()):
-            shape = _KernelShape(planes, group, all(item.can_vector() for item in kind))
+            shape = _KernelShape(planes, group, all(item.can_vector() for item in kind),
+                                 all(item.can_ring() for item in kind))
             if config is None:
                 rows = fill_rows(kind, DEFAULT_CONFIG.rows)
                 config_of_kind = replace(DEFAULT_CONFIG, rows=rows, num_warps=rows)
