@@ -291,26 +291,29 @@ def _load(ptr, mask, MASKED: tl.constexpr):
 
 @triton.jit
 def _ring_rows(ROWS: tl.constexpr):
-    """Declare the shared-memory rings `unweight_ring` (RING_BYTES a row, ROWS rows, 1024-byte aligned)
-    and return the shared address of each lane's row's ring. Emitted once per kernel (a PTX declaration)."""
+    """Declare the shared-memory rings `unweight_ring` (RING_BYTES a row, ROWS rows) and return the shared
+    address of each lane's row's ring, aligned to RING_BYTES (the readers OR offsets into it): the
+    declaration has a ring more than the rows need, since PTX alignment is relative to a start that
+    the driver may move (on an H100 it reserves the first KiB of a block's shared memory). Emitted once
+    per kernel (a PTX declaration)."""
     e = tl.arange(0, ROWS * LANES)
     if ROWS == 1:
-        base = tl.inline_asm_elementwise(".shared .align 1024 .b8 unweight_ring[1024];\n\tmov.u32 $0, unweight_ring;",
+        base = tl.inline_asm_elementwise(".shared .align 16 .b8 unweight_ring[2048];\n\tmov.u32 $0, unweight_ring;",
                                          "=r,r", [e], dtype=tl.int32, is_pure=False, pack=1)
     elif ROWS == 2:
-        base = tl.inline_asm_elementwise(".shared .align 1024 .b8 unweight_ring[2048];\n\tmov.u32 $0, unweight_ring;",
+        base = tl.inline_asm_elementwise(".shared .align 16 .b8 unweight_ring[3072];\n\tmov.u32 $0, unweight_ring;",
                                          "=r,r", [e], dtype=tl.int32, is_pure=False, pack=1)
     elif ROWS == 4:
-        base = tl.inline_asm_elementwise(".shared .align 1024 .b8 unweight_ring[4096];\n\tmov.u32 $0, unweight_ring;",
+        base = tl.inline_asm_elementwise(".shared .align 16 .b8 unweight_ring[5120];\n\tmov.u32 $0, unweight_ring;",
                                          "=r,r", [e], dtype=tl.int32, is_pure=False, pack=1)
     elif ROWS == 8:
-        base = tl.inline_asm_elementwise(".shared .align 1024 .b8 unweight_ring[8192];\n\tmov.u32 $0, unweight_ring;",
+        base = tl.inline_asm_elementwise(".shared .align 16 .b8 unweight_ring[9216];\n\tmov.u32 $0, unweight_ring;",
                                          "=r,r", [e], dtype=tl.int32, is_pure=False, pack=1)
     else:
         tl.static_assert(ROWS == 16, "the ring is declared for up to 16 rows")
-        base = tl.inline_asm_elementwise(".shared .align 1024 .b8 unweight_ring[16384];\n\tmov.u32 $0, unweight_ring;",
+        base = tl.inline_asm_elementwise(".shared .align 16 .b8 unweight_ring[17408];\n\tmov.u32 $0, unweight_ring;",
                                          "=r,r", [e], dtype=tl.int32, is_pure=False, pack=1)
-    return base + e // LANES * RING_BYTES
+    return ((base + (RING_BYTES - 1)) & -RING_BYTES) + e // LANES * RING_BYTES
 
 
 @triton.jit
