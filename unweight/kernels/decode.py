@@ -328,12 +328,15 @@ def _ring_word(ring_row, at):
 def _ring_stage(ring_row, words_bytes, staged, lane, word_end, issue):
     """Where `issue`: copy bytes [staged, staged + CHUNK_BYTES) of the tensor's words (staged: a multiple
     of CHUNK_BYTES) into the row's ring with cp.async, 8 bytes a lane, none at or past byte word_end (the
-    row's end: nothing there is read; a copy of fewer bytes reads only those). Returns the new staged."""
+    row's end: nothing there is read, and the address stays inside the row; a copy of fewer bytes reads
+    only those). Returns the new staged."""
     at = staged + 8 * lane
     size = tl.minimum(tl.maximum(word_end - at, 0), 8)
+    # an address inside the row's words even where nothing is copied (past its end: size 0)
+    src = words_bytes + tl.maximum(tl.minimum(at, (word_end - 1) & -8), 0)
     tl.inline_asm_elementwise(
         "{ .reg .pred p; setp.ne.s32 p, $1, 0; @p cp.async.ca.shared.global [$2], [$3], 8, $4; mov.u32 $0, 0; }",
-        "=r,r,r,l,r", [issue.to(tl.int32), (at & (RING_BYTES - 1)) | ring_row, words_bytes + at, size],
+        "=r,r,r,l,r", [issue.to(tl.int32), (at & (RING_BYTES - 1)) | ring_row, src, size],
         dtype=tl.int32, is_pure=False, pack=1)
     return staged + tl.where(issue, CHUNK_BYTES, 0)
 
