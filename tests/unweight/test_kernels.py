@@ -313,8 +313,9 @@ def test_interpreter_runs_the_portable_tile():
 
 
 def test_words_ring_is_used_only_with_the_ballot_tile_and_aligned_words(small):
-    """The ring stages words with 8-byte cp.async copies from one lane a thread: elsewhere the kernel
-    takes its words from registers (the interpreter never runs the ring)."""
+    """The ring stages words with 8-byte cp.async copies from one lane a thread, for runs read and written
+    with one access: elsewhere the kernel takes its words from registers (the interpreter never runs
+    the ring)."""
     out = torch.empty(small.numel, dtype=torch.bfloat16)
     aligned = item(small, out)
     assert aligned.can_ring() and decode.DEFAULT_CONFIG.window == decode.WINDOW_RING
@@ -322,11 +323,11 @@ def test_words_ring_is_used_only_with_the_ballot_tile_and_aligned_words(small):
     padded[2:] = aligned.words
     shifted = dataclasses.replace(aligned, words=padded[2:])  # the same words at an address 2 bytes off
     assert not shifted.can_ring()
-    window = {(ring, ballot): decode._KernelShape(1, small.group, True, ring).constexprs(
+    window = {(ring, ballot, vector): decode._KernelShape(1, small.group, vector, ring).constexprs(
         decode.DEFAULT_CONFIG if ballot else decode.DEFAULT_CONFIG.without_ballot())["WINDOW"]
-        for ring in (True, False) for ballot in (True, False)}
-    assert window == {(True, True): decode.WINDOW_RING, (True, False): decode.WINDOW_REGISTERS,
-                      (False, True): decode.WINDOW_REGISTERS, (False, False): decode.WINDOW_REGISTERS}
+        for ring in (True, False) for ballot in (True, False) for vector in (True, False)}
+    assert {key for key, used in window.items() if used == decode.WINDOW_RING} == {(True, True, True)}
+    assert set(window.values()) == {decode.WINDOW_RING, decode.WINDOW_REGISTERS}
     decode.launch_decode(shifted, decode.DEFAULT_CONFIG)  # decodes (here with the portable tile) bit for bit
     assert torch.equal(out.view(torch.int16), small.decode(backend="cpu").reshape(-1).view(torch.int16))
 

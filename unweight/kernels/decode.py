@@ -74,7 +74,7 @@ TABLE_SHARED = 3    # the table copied into shared memory when a program starts 
 WINDOW_LOAD = 0     # a load from the row's stream on the step's chain
 WINDOW_REGISTERS = 1  # the row's next 32 words, loaded a step ahead, one a lane, taken by warp shuffle
 WINDOW_RING = 2     # a ring of the row's words in shared memory, staged hundreds of words ahead by cp.async
-                    # (inline PTX, CUDA only; needs the ballot's tile and 8-byte aligned words)
+                    # (inline PTX, CUDA only; needs the ballot's tile, 8-byte aligned words and vector runs)
 _WINDOW_REGISTERS = tl.constexpr(WINDOW_REGISTERS)
 _WINDOW_RING = tl.constexpr(WINDOW_RING)
 _PREFIX_BALLOT = tl.constexpr(PREFIX_BALLOT)
@@ -786,9 +786,10 @@ class _KernelShape:
     ring: bool         # the words may be staged in a ring (DecodeItem.can_ring)
 
     def constexprs(self, config: DecodeConfig) -> dict:
-        # the shared table and the ring need the ballot's tile (one lane a thread)
+        # the shared table and the ring need the ballot's tile (one lane a thread); the ring serves runs read
+        # and written with one access (on an H100, fp32 weights one at a time decode 1.4x slower with it)
         table = config.table if config.table != TABLE_SHARED or config.prefix == PREFIX_BALLOT else TABLE_GLOBAL
-        ring_ok = self.ring and config.prefix == PREFIX_BALLOT
+        ring_ok = self.ring and self.vector and config.vector and config.prefix == PREFIX_BALLOT
         window = config.window if config.window != WINDOW_RING or ring_ok else WINDOW_REGISTERS
         return dict(ROWS=config.rows, RAW_PLANES=self.raw_planes, PREFIX=config.prefix, TABLE=table,
                     PREFETCH=config.prefetch, UNROLL=max(config.unroll, self.group), WINDOW=window,
