@@ -57,7 +57,8 @@ SMALL_STRIDE = tl.constexpr(1 << (_MAX_CODE_LEN - 6))  # table entries per 6-bit
 PREFETCH_STEPS = tl.constexpr(8)               # PREFETCH: raw bytes this many steps ahead (2 lines)...
 PREFETCH_WORDS = tl.constexpr(128)             # ...and lane words this many words ahead (~24 steps)
 
-RING_BYTES = tl.constexpr(1024)                # WINDOW_RING: a row's ring of staged words in shared memory (512 words)...
+_RING_BYTES = 1024
+RING_BYTES = tl.constexpr(_RING_BYTES)         # WINDOW_RING: a row's ring of staged words in shared memory (512 words)...
 RING_AHEAD = tl.constexpr(768)                 # ...staged this many bytes (384 words) past the row's read position...
 CHUNK_BYTES = tl.constexpr(256)                # ...by aligned copies of 128 words, 8 bytes a lane
 
@@ -289,30 +290,20 @@ def _load(ptr, mask, MASKED: tl.constexpr):
     return value
 
 
+def ring_declaration(rows: int) -> str:
+    """PTX declaring the shared-memory rings `unweight_ring` of a ROWS-row tile, a ring more than the rows
+    need (see _ring_rows), and returning its address (the kernels' RING_DECL)."""
+    return f".shared .align 16 .b8 unweight_ring[{(rows + 1) * _RING_BYTES}];\n\tmov.u32 $0, unweight_ring;"
+
+
 @triton.jit
-def _ring_rows(ROWS: tl.constexpr):
-    """Declare the shared-memory rings `unweight_ring` (RING_BYTES a row, ROWS rows) and return the shared
-    address of each lane's row's ring, aligned to RING_BYTES (the readers OR offsets into it): the
-    declaration has a ring more than the rows need, since PTX alignment is relative to a start that
-    the driver may move (on an H100 it reserves the first KiB of a block's shared memory). Emitted once
-    per kernel (a PTX declaration)."""
+def _ring_rows(ROWS: tl.constexpr, RING_DECL: tl.constexpr):
+    """Declare the rings (RING_DECL, from ring_declaration(ROWS)) and return the shared address of each
+    lane's row's ring, aligned to RING_BYTES (the readers OR offsets into it): the declaration holds a
+    ring more than the rows need, since PTX alignment is relative to a start that the driver may move
+    (on an H100 it reserves the first KiB of a block's shared memory). Emitted once per kernel."""
     e = tl.arange(0, ROWS * LANES)
-    if ROWS == 1:
-        base = tl.inline_asm_elementwise(".shared .align 16 .b8 unweight_ring[2048];\n\tmov.u32 $0, unweight_ring;",
-                                         "=r,r", [e], dtype=tl.int32, is_pure=False, pack=1)
-    elif ROWS == 2:
-        base = tl.inline_asm_elementwise(".shared .align 16 .b8 unweight_ring[3072];\n\tmov.u32 $0, unweight_ring;",
-                                         "=r,r", [e], dtype=tl.int32, is_pure=False, pack=1)
-    elif ROWS == 4:
-        base = tl.inline_asm_elementwise(".shared .align 16 .b8 unweight_ring[5120];\n\tmov.u32 $0, unweight_ring;",
-                                         "=r,r", [e], dtype=tl.int32, is_pure=False, pack=1)
-    elif ROWS == 8:
-        base = tl.inline_asm_elementwise(".shared .align 16 .b8 unweight_ring[9216];\n\tmov.u32 $0, unweight_ring;",
-                                         "=r,r", [e], dtype=tl.int32, is_pure=False, pack=1)
-    else:
-        tl.static_assert(ROWS == 16, "the ring is declared for up to 16 rows")
-        base = tl.inline_asm_elementwise(".shared .align 16 .b8 unweight_ring[17408];\n\tmov.u32 $0, unweight_ring;",
-                                         "=r,r", [e], dtype=tl.int32, is_pure=False, pack=1)
+    base = tl.inline_asm_elementwise(RING_DECL, "=r,r", [e], dtype=tl.int32, is_pure=False, pack=1)
     return ((base + (RING_BYTES - 1)) & -RING_BYTES) + e // LANES * RING_BYTES
 
 
@@ -426,7 +417,7 @@ def _store_run(e0, e1, e2, e3, raw, out_vec, write, GROUP: tl.constexpr):
 def _decode_whole(num_steps, lane, lane_at, is_row, raw_row, out_row, raw_vec, out_vec, words_ptr, word0, word_limit,
                   plane_stride, table_ptr, small, last, ROWS: tl.constexpr, RAW_PLANES: tl.constexpr,
                   PREFIX: tl.constexpr, TABLE: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr,
-                  WINDOW: tl.constexpr, GROUP: tl.constexpr, VECTOR: tl.constexpr):
+                  WINDOW: tl.constexpr, GROUP: tl.constexpr, VECTOR: tl.constexpr, RING_DECL: tl.constexpr):
     """Every row a whole block, written whole: no masks. Each lane decodes runs of GROUP neighbouring
     weights (the block layout, codec/lanes.py); lane_at = lane * GROUP, the lane's first weight.
     With VECTOR (16-bit weights, GROUP 2 or 4) a run's raw bytes are one load and its weights one
@@ -441,7 +432,7 @@ def _decode_whole(num_steps, lane, lane_at, is_row, raw_row, out_row, raw_vec, o
         # byte offsets in the tensor's words (int32: a tensor's words stay below 2 GiB)
         words_bytes = words_ptr.to(tl.pointer_type(tl.uint8))
         word_end = (2 * (word0 + word_limit)).to(tl.int32)
-        ring = _ring_rows(ROWS)
+        ring = _ring_rows(ROWS, RING_DECL)
         word_at = (2 * word0).to(tl.int32) + lane * 0
         staged = word_at // CHUNK_BYTES * CHUNK_BYTES
         for _ in tl.static_range(RING_AHEAD // CHUNK_BYTES):  # RING_AHEAD - CHUNK_BYTES + 1 bytes past the start, at least
@@ -574,7 +565,7 @@ def _prefetch_ahead(raw_row, plane_stride, at, last, word_row, word_at, word_lim
 def _decode_rows(words_ptr, index_ptr, table_ptr, raw_ptr, out_ptr, numel_total, start, stop, first_block,
                  num_blocks, steps, tile, ROWS: tl.constexpr, RAW_PLANES: tl.constexpr, PREFIX: tl.constexpr,
                  TABLE: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr, WINDOW: tl.constexpr,
-                 GROUP: tl.constexpr, VECTOR: tl.constexpr):
+                 GROUP: tl.constexpr, VECTOR: tl.constexpr, RING_DECL: tl.constexpr):
     """Decode blocks first_block + tile * ROWS + [0, ROWS), writing elements [start, stop).
 
     words_ptr, table_ptr: *u16; raw_ptr: *u8; out_ptr: *i16 (16-bit weights) or *i32 (fp32).
@@ -620,7 +611,7 @@ def _decode_rows(words_ptr, index_ptr, table_ptr, raw_ptr, out_ptr, numel_total,
             out_vec = out_row   # unused
         _decode_whole(steps, lane, lane * GROUP, is_row, raw_row, out_row, raw_vec, out_vec, words_ptr, word0, word_limit,
                       plane_stride, table_ptr, small, block_size - 1, ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH,
-                      UNROLL, WINDOW, GROUP, VECTOR)
+                      UNROLL, WINDOW, GROUP, VECTOR, RING_DECL)
     else:
         # a block whose length is not a multiple of GROUP * LANES has group 1 (codec/lanes.py)
         grouped = count % (GROUP * LANES) == 0
@@ -638,13 +629,14 @@ def _decode_rows(words_ptr, index_ptr, table_ptr, raw_ptr, out_ptr, numel_total,
 def _decode_lanes_kernel(words_ptr, index_ptr, table_ptr, raw_ptr, out_ptr, numel_total, start, stop,
                          first_block, num_blocks, steps, ROWS: tl.constexpr, RAW_PLANES: tl.constexpr,
                          PREFIX: tl.constexpr, TABLE: tl.constexpr, PREFETCH: tl.constexpr,
-                         UNROLL: tl.constexpr, WINDOW: tl.constexpr, GROUP: tl.constexpr, VECTOR: tl.constexpr):
+                         UNROLL: tl.constexpr, WINDOW: tl.constexpr, GROUP: tl.constexpr, VECTOR: tl.constexpr,
+                         RING_DECL: tl.constexpr):
     # words_ptr int16 [W] lane words; index_ptr int64 [blocks + 1] word offset of each block;
     # table_ptr int16 [4096 + 64] (full table, then its 6-bit first level); raw_ptr uint8 [RAW_PLANES, numel_total];
     # out_ptr int16/int32 [stop - start]
     _decode_rows(words_ptr.to(tl.pointer_type(tl.uint16)), index_ptr, table_ptr.to(tl.pointer_type(tl.uint16)),
                  raw_ptr, out_ptr, numel_total, start, stop, first_block, num_blocks, steps, tl.program_id(0),
-                 ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL, WINDOW, GROUP, VECTOR)
+                 ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL, WINDOW, GROUP, VECTOR, RING_DECL)
 
 
 # One row of the int64 descriptor table of a batched launch (see DecodePlan).
@@ -660,7 +652,7 @@ F_STEPS, F_FIRST_TILE, FIELDS = tl.constexpr(_F_STEPS), tl.constexpr(_F_FIRST_TI
 @triton.jit
 def _decode_many_kernel(desc_ptr, num_items, ROWS: tl.constexpr, RAW_PLANES: tl.constexpr, PREFIX: tl.constexpr,
                         TABLE: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr, WINDOW: tl.constexpr,
-                        GROUP: tl.constexpr, VECTOR: tl.constexpr):
+                        GROUP: tl.constexpr, VECTOR: tl.constexpr, RING_DECL: tl.constexpr):
     # desc_ptr int64 [num_items, FIELDS]: one packed tensor (or row range of one) per row, then
     # [number of programs]: the item each program decodes (programs [first_tile, next item's
     # first_tile) decode that item, ROWS blocks each)
@@ -678,7 +670,7 @@ def _decode_many_kernel(desc_ptr, num_items, ROWS: tl.constexpr, RAW_PLANES: tl.
                  tl.load(d + F_STOP), tl.load(d + F_FIRST_BLOCK).to(tl.int32),
                  tl.load(d + F_NUM_BLOCKS).to(tl.int32), tl.load(d + F_STEPS).to(tl.int32),
                  pid - tl.load(d + F_FIRST_TILE).to(tl.int32), ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH,
-                 UNROLL, WINDOW, GROUP, VECTOR)
+                 UNROLL, WINDOW, GROUP, VECTOR, RING_DECL)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -793,7 +785,8 @@ class _KernelShape:
         window = config.window if config.window != WINDOW_RING or ring_ok else WINDOW_REGISTERS
         return dict(ROWS=config.rows, RAW_PLANES=self.raw_planes, PREFIX=config.prefix, TABLE=table,
                     PREFETCH=config.prefetch, UNROLL=max(config.unroll, self.group), WINDOW=window,
-                    GROUP=self.group, VECTOR=self.vector and config.vector, num_warps=config.num_warps)
+                    GROUP=self.group, VECTOR=self.vector and config.vector, num_warps=config.num_warps,
+                    RING_DECL=ring_declaration(config.rows) if window == WINDOW_RING else "")
 
 
 class DecodePlan:
