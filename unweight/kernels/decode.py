@@ -424,9 +424,10 @@ def _decode_whole(num_steps, lane, lane_at, is_row, raw_row, out_row, raw_vec, o
     store (raw_vec / out_vec point at the lane's first run in those units). Rows that are not
     is_row decode a copy of another row and store nothing. The row's stream: words_ptr[word0:][:word_limit].
 
-    With the ring, each iteration first stages the row's words up to RING_AHEAD past its read
-    position (at most 2 chunks: an iteration reads at most UNROLL * 32 = 128 words) and then waits
-    for the stagings of the iterations before, which hold every word this one can read."""
+    With the ring, each iteration first stages one more chunk of the row's words if fewer than
+    RING_AHEAD bytes are staged past its read position (an iteration reads at most UNROLL * 32 = 128
+    words, one chunk) and then waits for the stagings of the iterations before, which hold every
+    word this one can read."""
     word_row = words_ptr + word0
     if WINDOW == _WINDOW_RING:
         # byte offsets in the tensor's words (int32: a tensor's words stay below 2 GiB)
