@@ -438,7 +438,7 @@ def _decode_whole(num_steps, lane, lane_at, is_row, raw_row, out_row, raw_vec, o
         staged = word_at // CHUNK_BYTES * CHUNK_BYTES
         for _ in tl.static_range(RING_AHEAD // CHUNK_BYTES):  # RING_AHEAD - CHUNK_BYTES + 1 bytes past the start, at least
             staged = _ring_stage(ring, words_bytes, staged, lane, word_end, staged < word_end)
-        ring += _ring_ready(staged, 0)
+        _ring_ready(staged, 0)
         buf = tl.full([ROWS * LANES], 0, tl.uint32)
         room = tl.full([ROWS * LANES], WORD_BITS, tl.int32)
         window = ring
@@ -466,10 +466,10 @@ def _decode_whole(num_steps, lane, lane_at, is_row, raw_row, out_row, raw_vec, o
             # UNROLL * 32 words = CHUNK_BYTES); waiting for all but this iteration's copy leaves at least
             # RING_AHEAD - 2 * CHUNK_BYTES = CHUNK_BYTES ready; the ring's bytes it overwrites were read
             # before this iteration, by lanes that the barrier holds back until then
-            window += _ring_barrier(staged)
+            _ring_barrier(staged)
             staged = _ring_stage(window, words_bytes, staged, lane, word_end,
                                  (staged < word_at + RING_AHEAD) & (staged < word_end))
-            window += _ring_ready(staged, 1)
+            _ring_ready(staged, 1)
         if VECTOR:
             more = lane_at * 0 + (t + UNROLL) < num_steps  # the next iteration's runs exist (a tensor mask)
             next_a = tl.load(raw_vec + RUNS * LANES, mask=more, other=0)
