@@ -42,7 +42,7 @@ def compress(
     shard_size: Annotated[int, typer.Option(help="Largest shard, in MiB.")] = 2048,
     steps: Annotated[Optional[int], typer.Option(
         help="Weights a lane decodes per block, / 32 (default: 1024, or 512 from 32M weights). Fewer decode "
-             "faster on a GPU and pack looser: 256 decodes an 8B layer 1.08x faster for +0.23% of the bytes "
+             "faster on a GPU and pack looser: 256 decodes an 8B layer 1.06x faster for +0.23% of the bytes "
              "(BENCHMARKS.md, \"GPU decode\").")] = None,
     device: Annotated[Optional[str], typer.Option(
         help="Code the words on this torch device (e.g. cuda), each chunk checked there; the output is the "

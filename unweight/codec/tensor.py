@@ -49,10 +49,9 @@ def choose_steps(numel: int) -> int:
 
 def choose_group(dtype: str, steps: int) -> int:
     """Neighbouring weights a lane holds in a run (lanes.py): 4 for 16-bit floats, whose GPU decoder
-    then reads four raw bytes and writes four weights with one access each (on an H100, 1.08x the
-    output rate of group 1 and 1.01x that of group 2; 1.17x and 1.05x with the decode table read
-    through L1: BENCHMARKS.md, "GPU decode"); 1 for fp32, whose decoder does not use runs, and where
-    the run does not divide steps."""
+    then reads four raw bytes and writes four weights with one access each (on an H100, 1.02x the
+    output rate of group 2, BENCHMARKS.md, "GPU decode"; 1.08x that of group 1 in the run before the
+    words ring); 1 for fp32, whose decoder does not use runs, and where the run does not divide steps."""
     return GROUP_16BIT if floats.LAYOUTS[dtype].width == 2 and steps % GROUP_16BIT == 0 else 1
 
 
