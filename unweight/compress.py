@@ -315,15 +315,17 @@ def _record(entry: TensorEntry, plan: TensorPlan, sha256: str, shard: str, spans
     return TensorRecord(
         name=entry.name, dtype=entry.dtype, shape=list(entry.shape), sha256=sha256,
         encoding=plan.encoding, shard=shard, spans=spans, steps=plan.steps, group=plan.group,
-        entropy_bits=round(plan.entropy_bits, 6), **_trimmed_lengths(plan.code_lengths))
+        entropy_bits=round(plan.entropy_bits, 6), code=_code_hex(plan.code_lengths))
 
 
-def _trimmed_lengths(lengths: np.ndarray | None) -> dict:
-    """Code lengths without the runs of unused symbols at both ends (most exponents never occur)."""
-    used = np.flatnonzero(lengths) if lengths is not None else np.zeros(0, dtype=np.int64)
-    if used.size == 0:
-        return {"code_lengths": "", "first_symbol": 0}
-    return {"code_lengths": lengths[used[0] : used[-1] + 1].tobytes().hex(), "first_symbol": int(used[0])}
+def _code_hex(lengths: np.ndarray | None) -> str:
+    """The code as the manifest stores it: (symbol uint16 LE, length uint8) per coded symbol, hex."""
+    if lengths is None:
+        return ""
+    used = np.flatnonzero(lengths)
+    entries = np.zeros(used.size, dtype=[("symbol", "<u2"), ("length", "u1")])
+    entries["symbol"], entries["length"] = used, lengths[used]
+    return entries.tobytes().hex()
 
 
 def _stats(entry: TensorEntry, plan: TensorPlan) -> TensorStats:

@@ -99,10 +99,10 @@ class PackedTensor:
         return r0 * row, r1 * row
 
     def decode_table(self, device) -> torch.Tensor:
-        """The GPU decoder's int16[4096 + 64] lookup table on `device`, built once per device."""
+        """The decoder's int32[TABLE_SIZE] lookup table (huffman.decode_table) on `device`, built once per device."""
         key = str(device)
         if key not in self._tables:
-            self._tables[key] = torch.from_numpy(huffman.gpu_decode_table(self.code_lengths)).to(device)
+            self._tables[key] = torch.from_numpy(huffman.decode_table(self.code_lengths).view(np.int32)).to(device)
         return self._tables[key]
 
     def _decode_triton(self, out: torch.Tensor, start: int, stream) -> None:

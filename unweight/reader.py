@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -139,15 +138,18 @@ def load(path: str | Path, device="cpu", backend: str | None = None) -> dict[str
 
 
 def _code_lengths(rec: TensorRecord, where: str) -> np.ndarray:
-    """The 256 code lengths from their trimmed hex form in the manifest."""
+    """The code lengths of every symbol value from the manifest's (symbol, length) entries."""
     try:
-        trimmed = np.frombuffer(bytes.fromhex(rec.code_lengths), dtype=np.uint8)
+        data = bytes.fromhex(rec.code) if isinstance(rec.code, str) else None
     except ValueError as e:
-        raise CorruptDataError(f"{where}: code lengths are not hex ({e})") from e
-    if not 0 <= rec.first_symbol <= huffman.NUM_SYMBOLS - trimmed.size:
-        raise CorruptDataError(f"{where}: code lengths do not fit 256 symbols")
+        raise CorruptDataError(f"{where}: its code is not hex ({e})") from e
+    if data is None or len(data) % 3 or not data:
+        raise CorruptDataError(f"{where}: its code is not a list of (symbol, length) entries of 3 bytes")
+    entries = np.frombuffer(data, dtype=[("symbol", "<u2"), ("length", "u1")])
+    if np.any(np.diff(entries["symbol"].astype(np.int64)) <= 0) or np.any(entries["length"] == 0):
+        raise CorruptDataError(f"{where}: its code lists symbols out of order, twice or with length 0")
     lengths = np.zeros(huffman.NUM_SYMBOLS, dtype=np.uint8)
-    lengths[rec.first_symbol : rec.first_symbol + trimmed.size] = trimmed
+    lengths[entries["symbol"]] = entries["length"]
     return lengths
 
 
@@ -164,7 +166,7 @@ def _check_streams(p: PackedTensor, where: str) -> None:
         raise CorruptDataError(f"{where}: invalid group {p.group!r} (one of {lanes.GROUPS}, dividing steps {p.steps})")
     huffman.check_lengths(p.code_lengths, where)
     raw, words, index = p.streams["raw"], p.streams["words"], p.streams["index"]
-    num_blocks = math.ceil(p.numel / (lanes.LANES * p.steps))
+    num_blocks = lanes.num_blocks(p.numel, p.steps)
     if raw.numel() != p.numel * floats.LAYOUTS[p.dtype].raw_planes:
         raise CorruptDataError(f"{where}: raw plane holds {raw.numel()} bytes, expected "
                                f"{p.numel * floats.LAYOUTS[p.dtype].raw_planes}")

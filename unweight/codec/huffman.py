@@ -1,7 +1,10 @@
-"""Length-limited prefix codes for exponent symbols: lengths, canonical codes, decode table.
+"""Length-limited prefix codes for exponent-pair symbols: lengths, canonical codes, decode table.
 
-Code lengths come from package-merge (optimal under a maximum length); codes are
-canonical so that a code is fully described by its 256 lengths, which is what the
+A symbol is the exponent fields of two neighbouring weights (floats.py), so the alphabet has
+65536 values of which a trained tensor uses a few hundred; a code for pairs is shorter than one
+for single exponents (it captures their joint distribution) and its decoder yields two weights
+a lookup. Code lengths come from package-merge (optimal under a maximum length); codes are
+canonical so that a code is fully described by the lengths of its symbols, which is what the
 manifest stores.
 """
 
@@ -12,11 +15,16 @@ import numpy as np
 
 from ..errors import CorruptDataError
 
-NUM_SYMBOLS = 256
-MAX_CODE_LEN = 12  # the decode table has 2**MAX_CODE_LEN entries (8 KiB as int16)
+SYMBOL_BITS = 16
+NUM_SYMBOLS = 1 << SYMBOL_BITS
+MAX_CODE_LEN = 13  # the decode table has 2**MAX_CODE_LEN entries (32 KiB as uint32: in shared memory, it
+                   # leaves room for the GPU decoder's word rings within a block's 48 KiB of static shared memory)
 TABLE_SIZE = 1 << MAX_CODE_LEN
-PREFIX_BITS = 6                       # the GPU table's first level: codes up to 6 bits
-PREFIX_ENTRIES = 1 << PREFIX_BITS     # 64 int16 entries = one 128-byte cache line
+MAX_USED_SYMBOLS = TABLE_SIZE  # a code of at most MAX_CODE_LEN bits has room for this many symbols
+
+
+class TooManySymbolsError(ValueError):
+    """A histogram uses more symbols than a code of MAX_CODE_LEN bits can hold."""
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -30,8 +38,8 @@ def _histogram(sym, num_chunks):
 
 
 def histogram(sym: np.ndarray) -> np.ndarray:
-    """Counts of each symbol value (int64[256])."""
-    return _histogram(sym, max(1, min(64, sym.size // (1 << 16))))
+    """Counts of each symbol value (int64[NUM_SYMBOLS]) of uint16 symbols."""
+    return _histogram(sym, max(1, min(16, sym.size // (1 << 18))))
 
 
 def entropy_bits(histogram: np.ndarray) -> float:
@@ -44,7 +52,14 @@ def entropy_bits(histogram: np.ndarray) -> float:
 
 
 def code_lengths(histogram: np.ndarray, max_len: int = MAX_CODE_LEN) -> np.ndarray:
-    """Optimal code lengths (uint8[256]) with no length above `max_len` (package-merge)."""
+    """Optimal code lengths (uint8[NUM_SYMBOLS]) with no length above `max_len` (package-merge).
+
+    Each level's list is the leaves and the previous level's packages (neighbouring pairs),
+    sorted by weight; the 2n - 2 cheapest items of the last level are chosen, and an item chosen
+    at a level chooses the two it packages one level down. A leaf's length is the number of levels
+    at which it is chosen. Since the leaves keep their order in every list, only how many leaves
+    and packages each level's chosen prefix holds needs tracking.
+    """
     used = np.flatnonzero(histogram)
     lengths = np.zeros(NUM_SYMBOLS, dtype=np.uint8)
     if used.size == 0:
@@ -52,67 +67,70 @@ def code_lengths(histogram: np.ndarray, max_len: int = MAX_CODE_LEN) -> np.ndarr
     if used.size == 1:
         lengths[used[0]] = 1  # a code needs one bit even when only one symbol occurs
         return lengths
-    weights = sorted((int(histogram[s]), (int(s),)) for s in used)
-    merged: list = []
-    for _ in range(max_len):
-        # each item is (weight, symbols it covers); a symbol's length is how often it is picked
-        packages = [(merged[i][0] + merged[i + 1][0], merged[i][1] + merged[i + 1][1])
-                    for i in range(0, len(merged) - 1, 2)]
-        merged = sorted(weights + packages, key=lambda item: item[0])
-    for _, symbols in merged[: 2 * (used.size - 1)]:
-        for s in symbols:
-            lengths[s] += 1
+    if used.size > 1 << max_len:
+        raise TooManySymbolsError(f"{used.size} distinct symbols do not fit a code of at most {max_len} bits")
+    order = np.argsort(histogram[used], kind="stable")
+    leaves = histogram[used][order].astype(np.int64)
+    is_leaf_levels = []
+    items = leaves
+    is_leaf_levels.append(np.ones(leaves.size, dtype=bool))
+    for _ in range(max_len - 1):
+        packages = items[0 : items.size // 2 * 2 : 2] + items[1 : items.size // 2 * 2 : 2]
+        merged = np.concatenate([leaves, packages])
+        by_weight = np.argsort(merged, kind="stable")     # ties: leaves first
+        items = merged[by_weight]
+        is_leaf_levels.append(by_weight < leaves.size)
+    depth = np.zeros(leaves.size, dtype=np.int64)
+    chosen = 2 * used.size - 2
+    for is_leaf in reversed(is_leaf_levels):
+        leaf_count = int(np.count_nonzero(is_leaf[:chosen]))
+        depth[:leaf_count] += 1
+        chosen = 2 * (chosen - leaf_count)
+    lengths[used[order]] = depth
     return lengths
 
 
+def _canonical(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(used symbols in canonical order: by length, then value; their lengths; their codes)."""
+    used = np.flatnonzero(lengths)
+    n = lengths[used].astype(np.int64)
+    order = np.lexsort((used, n))
+    used, n = used[order], n[order]
+    # canonical: each code is the previous one plus one, shifted to its length; as a Kraft sum
+    span = np.int64(1) << (MAX_CODE_LEN - n)
+    start = np.cumsum(span) - span
+    return used, n, start >> (MAX_CODE_LEN - n)
+
+
 def canonical_codes(lengths: np.ndarray) -> np.ndarray:
-    """Canonical code values (uint16[256]) for the given lengths, MSB-first."""
+    """Canonical code values (uint16[NUM_SYMBOLS]) for the given lengths, MSB-first."""
     codes = np.zeros(NUM_SYMBOLS, dtype=np.uint16)
-    code = 0
-    prev_len = 0
-    for s in sorted(np.flatnonzero(lengths), key=lambda s: (lengths[s], s)):
-        code <<= int(lengths[s]) - prev_len
-        prev_len = int(lengths[s])
-        codes[s] = code
-        code += 1
+    used, _, code = _canonical(lengths)
+    codes[used] = code
     return codes
 
 
 def check_lengths(lengths: np.ndarray, where: str) -> None:
     """Refuse code lengths that cannot come from a valid prefix code."""
     if lengths.shape != (NUM_SYMBOLS,) or int(lengths.max(initial=0)) > MAX_CODE_LEN:
-        raise CorruptDataError(f"{where}: code lengths must be 256 values of at most {MAX_CODE_LEN}")
-    kraft = sum(1 << (MAX_CODE_LEN - int(n)) for n in lengths if n)
-    if kraft > TABLE_SIZE:
+        raise CorruptDataError(f"{where}: code lengths must be {NUM_SYMBOLS} values of at most {MAX_CODE_LEN}")
+    n = lengths[lengths > 0].astype(np.int64)
+    if int((np.int64(1) << (MAX_CODE_LEN - n)).sum()) > TABLE_SIZE:
         raise CorruptDataError(f"{where}: code lengths over-subscribe the code space (Kraft sum > 1)")
 
 
 def decode_table(lengths: np.ndarray) -> np.ndarray:
-    """Lookup table int16[4096]: entry = symbol | length << 8, indexed by the next 12 bits.
+    """Lookup table uint32[TABLE_SIZE]: entry = symbol | length << 16, indexed by the next MAX_CODE_LEN bits.
 
-    Entries no code reaches (only possible with a single symbol) decode as that
-    symbol, so a peek at padding bits never leaves the table.
+    Canonical codes cover the table in order, each a run of 2**(MAX_CODE_LEN - length) entries.
+    Entries no code reaches (a code whose Kraft sum is below 1, e.g. a single symbol) repeat the
+    last code's entry, so a peek at padding bits never leaves the table.
     """
-    codes = canonical_codes(lengths)
-    table = np.zeros(TABLE_SIZE, dtype=np.int16)
-    fill = 0
-    for s in np.flatnonzero(lengths):
-        n = int(lengths[s])
-        start = int(codes[s]) << (MAX_CODE_LEN - n)
-        table[start : start + (1 << (MAX_CODE_LEN - n))] = s | (n << 8)
-        fill = s | (n << 8)
-    if np.flatnonzero(lengths).size == 1:
-        table[:] = fill
+    used, n, _ = _canonical(lengths)
+    table = np.zeros(TABLE_SIZE, dtype=np.uint32)
+    if used.size == 0:
+        return table
+    runs = np.repeat((used.astype(np.uint32) | (n.astype(np.uint32) << 16)), np.int64(1) << (MAX_CODE_LEN - n))
+    table[: runs.size] = runs
+    table[runs.size :] = runs[-1]
     return table
-
-
-def gpu_decode_table(lengths: np.ndarray) -> np.ndarray:
-    """The decode table followed by its first level: int16[4096 + 64].
-
-    Entry 4096 + p is the full table's entry for the 6-bit prefix p (followed by zeros).
-    When its length is at most 6 it decodes every peek that starts with p; otherwise the
-    decoder looks the full 12 bits up. The first level fits one cache line, so a warp's
-    lookups touch one line instead of ~25 of the 8 KiB table.
-    """
-    table = decode_table(lengths)
-    return np.concatenate([table, table[:: TABLE_SIZE // PREFIX_ENTRIES]])

@@ -1,14 +1,15 @@
 """The interleaved-lane bitstream: encoder and CPU reference decoder (numba).
 
-Layout of one coded tensor (all the GPU decoder needs, see kernels/decode.py):
+Layout of one coded tensor of n weights (all the GPU decoder needs, see kernels/decode.py):
 
-    symbols   s[0..n) are cut into blocks of LANES * steps symbols; inside a block, lane j
-              holds runs of `group` neighbours (group 1, 2 or 4, per tensor): its k-th symbol
+    symbols   s[0..m), m = ceil(n / 2): symbol k is the pair of weights 2k, 2k + 1 (floats.py);
+              they are cut into blocks of LANES * steps symbols; inside a block, lane j
+              holds runs of `group` neighbours (group 1 or 2, per tensor): its k-th symbol
               is symbol (k // group) * group * LANES + j * group + k % group of the block, so
-              that over `group` steps a lane decodes neighbouring weights (the GPU decoder
-              reads their raw bytes and writes them with one access). A block whose length is
-              not a multiple of group * LANES (only a tensor's last block can be one) uses
-              group 1: symbol i of it belongs to lane i % LANES and is that lane's (i // LANES)-th.
+              that over `group` steps a lane decodes 2 * group neighbouring weights (the GPU
+              decoder reads their raw bytes and writes them with one access). A block whose
+              length is not a multiple of group * LANES (only a tensor's last block can be one)
+              uses group 1: symbol i of it belongs to lane i % LANES and is that lane's (i // LANES)-th.
     lane      a lane's codes are concatenated MSB-first into 16-bit words.
     stream    the words of a block, in the order a lockstep decoder asks for them:
               at step t every active lane j with fewer than MAX_CODE_LEN bits buffered
@@ -18,7 +19,7 @@ Layout of one coded tensor (all the GPU decoder needs, see kernels/decode.py):
               each lane's last, partly used word.
     index     int64[num_blocks + 1]: word offset of each block's stream.
 
-The decoder keeps a 32-bit buffer per lane, MSB-aligned: peek the top 12 bits, look
+The decoder keeps a 32-bit buffer per lane, MSB-aligned: peek the top 13 bits, look
 up (symbol, length) in the decode table, shift the buffer left by the length.
 """
 
@@ -32,7 +33,7 @@ from .huffman import MAX_CODE_LEN
 
 LANES = 32  # lanes a block decodes in lockstep; a warp of threads on the GPU
 WORD_BITS = 16
-GROUPS = (1, 2, 4)  # neighbouring symbols a lane holds in a run (see the layout above)
+GROUPS = (1, 2)  # neighbouring symbols a lane holds in a run (see the layout above)
 MAX_STEPS = 1 << 16  # longest lanes written and read (bounds the coders' per-block scratch)
 
 
@@ -54,7 +55,7 @@ _block_group = numba.njit(cache=True, nogil=True, inline="always")(block_group)
 
 
 @numba.njit(cache=True, nogil=True)
-def _pack_lane(values, first, num, stride, shift, aligned, lengths, words, steps_of, base, uncoded):
+def _pack_lane(values, first, num, stride, aligned, lengths, words, steps_of, base, uncoded):
     """Pack one lane's codes (of values[first], values[first + stride], ...) MSB-first into words[base:].
 
     Follows the decoder's refill rule on the way (a lane with fewer than MAX_CODE_LEN bits buffered
@@ -75,7 +76,7 @@ def _pack_lane(values, first, num, stride, shift, aligned, lengths, words, steps
         # than before, word `taken` is taken now (else steps_of[taken] is written again later)
         steps_of[taken] = U32(k)
         taken = done + U64((fill + U32(MAX_CODE_LEN + WORD_BITS - 1)) >> U32(4))
-        s = U64((values[i] >> shift) & 0xFF)
+        s = U64(values[i])
         n = lengths[s]
         missing |= U32(n == U32(0))
         acc |= aligned[s] >> fill
@@ -97,7 +98,7 @@ def _pack_lane(values, first, num, stride, shift, aligned, lengths, words, steps
 
 
 @numba.njit(cache=True, nogil=True)
-def _encode_block(values, start, count, group, shift, aligned, lengths, words, steps_of, taken, slot, uncoded, out,
+def _encode_block(values, start, count, group, aligned, lengths, words, steps_of, taken, slot, uncoded, out,
                   out_pos, by_lane):
     """Encode one block into out[out_pos:]; returns the number of words written.
 
@@ -114,10 +115,10 @@ def _encode_block(values, start, count, group, shift, aligned, lengths, words, s
     for lane in range(LANES):
         num = (count - lane + LANES - 1) // LANES
         if g > 1:
-            taken[lane] = _pack_lane(by_lane, lane * num, num, 1, shift, aligned, lengths, words, steps_of,
+            taken[lane] = _pack_lane(by_lane, lane * num, num, 1, aligned, lengths, words, steps_of,
                                      lane * max_words, uncoded)
         else:
-            taken[lane] = _pack_lane(values, start + lane, num, LANES, shift, aligned, lengths, words, steps_of,
+            taken[lane] = _pack_lane(values, start + lane, num, LANES, aligned, lengths, words, steps_of,
                                      lane * max_words, uncoded)
     slot[: steps + 1] = 0  # slot[t + 1]: words taken at step t, then where step t's words go
     for lane in range(LANES):
@@ -137,7 +138,7 @@ def _encode_block(values, start, count, group, shift, aligned, lengths, words, s
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _gather_lanes(values, start, count, g, by_lane):
-    """by_lane[j * per_lane + k] = lane j's k-th symbol of the block (runs of g neighbours, g 2 or 4)."""
+    """by_lane[j * per_lane + k] = lane j's k-th symbol of the block (runs of g = 2 neighbours)."""
     per_lane = U64(count // LANES)
     src = U64(start)
     for r in range(count // LANES // g):
@@ -145,15 +146,12 @@ def _gather_lanes(values, start, count, g, by_lane):
         for lane in range(LANES):
             by_lane[dst] = values[src]
             by_lane[dst + U64(1)] = values[src + U64(1)]
-            if g == 4:
-                by_lane[dst + U64(2)] = values[src + U64(2)]
-                by_lane[dst + U64(3)] = values[src + U64(3)]
             src += U64(g)
             dst += per_lane
 
 
 @numba.njit(cache=True, nogil=True)
-def _encode(values, shift, aligned, lengths, steps, group, out, index, uncoded):
+def _encode(values, aligned, lengths, steps, group, out, index, uncoded):
     block_size = LANES * steps
     max_words = (MAX_CODE_LEN * steps + MAX_CODE_LEN) // WORD_BITS + 2
     words = np.empty(LANES * max_words, dtype=np.uint16)     # each lane's words, lane after lane
@@ -164,8 +162,13 @@ def _encode(values, shift, aligned, lengths, steps, group, out, index, uncoded):
     for b in range(index.size - 1):
         start = b * block_size
         count = min(block_size, values.size - start)
-        index[b + 1] = index[b] + _encode_block(values, start, count, group, shift, aligned, lengths, words,
+        index[b + 1] = index[b] + _encode_block(values, start, count, group, aligned, lengths, words,
                                                 steps_of, taken, slot, uncoded, out, index[b], by_lane)
+
+
+def num_blocks(numel: int, steps: int) -> int:
+    """Blocks of a tensor of `numel` weights (ceil(numel / 2) symbols)."""
+    return -(-((numel + 1) // 2) // (LANES * steps))
 
 
 def check_group(group: int, steps: int) -> None:
@@ -179,9 +182,9 @@ def block_capacity(steps: int) -> int:
 
 
 def encode(values: np.ndarray, codes: np.ndarray, lengths: np.ndarray, steps: int,
-           shift: int = 0, group: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Encode the symbols (values >> shift) & 0xFF: uint8 symbols, or the bits of floats straight away
-    (see floats.py). Returns (words uint16[W], index int64[num_blocks + 1]).
+           group: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Encode the symbols `values` (uint16, floats.pair_symbols). Returns (words uint16[W],
+    index int64[num_blocks + 1]).
 
     Runs on the calling thread: callers encode several chunks at once (see tensor.py).
     """
@@ -197,14 +200,14 @@ def encode(values: np.ndarray, codes: np.ndarray, lengths: np.ndarray, steps: in
     # each code MSB-aligned in 32 bits, so that packing it is one shift and one or
     aligned = np.where(lengths32 > 0, codes.astype(np.uint32) << ((32 - lengths32) % 32), 0).astype(np.uint32)
     uncoded = np.zeros(1, dtype=np.uint32)
-    _encode(values, shift, aligned, lengths32, steps, group, out, index, uncoded)
+    _encode(values, aligned, lengths32, steps, group, out, index, uncoded)
     if uncoded[0]:
         raise UncodedSymbolError("a symbol to encode has no code (code lengths from other data?)")
     return out[: index[-1]], index
 
 
 @numba.njit(cache=True, nogil=True)
-def _count_words(values, shift, lengths, steps, group, counts):
+def _count_words(values, lengths, steps, group, counts):
     """counts[b] = the words block b encodes to (what _encode_block returns), from the code lengths
     alone. The decoder has taken ceil((bits before symbol k + MAX_CODE_LEN) / 16) words of a lane by
     step k (see _pack_lane), so a lane of codes of n_0 .. n_last bits takes
@@ -220,29 +223,25 @@ def _count_words(values, shift, lengths, steps, group, counts):
         if g == 1:
             tail = start + count // LANES * LANES
             for lane in range(0, LANES, 8):  # 8 lanes at a time, their sums in registers
-                _sum8(values, U64(start + lane), U64(tail + lane), shift, lengths, coded, lane)
+                _sum8(values, U64(start + lane), U64(tail + lane), lengths, coded, lane)
             for i in range(tail, start + count):               # a last, partial step
-                coded[i - tail] += lengths[U64((values[U64(i)] >> shift) & 0xFF)]
+                coded[i - tail] += lengths[U64(values[U64(i)])]
         else:
             for r in range(start, start + count, row):         # runs: one pass in order, 8 symbols at a time
                 i = U64(r)
                 for lane in range(0, LANES, 8 // g):
-                    c0 = U64(lengths[U64((values[i] >> shift) & 0xFF)])
-                    c1 = U64(lengths[U64((values[i + U64(1)] >> shift) & 0xFF)])
-                    c2 = U64(lengths[U64((values[i + U64(2)] >> shift) & 0xFF)])
-                    c3 = U64(lengths[U64((values[i + U64(3)] >> shift) & 0xFF)])
-                    c4 = U64(lengths[U64((values[i + U64(4)] >> shift) & 0xFF)])
-                    c5 = U64(lengths[U64((values[i + U64(5)] >> shift) & 0xFF)])
-                    c6 = U64(lengths[U64((values[i + U64(6)] >> shift) & 0xFF)])
-                    c7 = U64(lengths[U64((values[i + U64(7)] >> shift) & 0xFF)])
-                    if g == 4:
-                        coded[lane] += c0 + c1 + c2 + c3
-                        coded[lane + 1] += c4 + c5 + c6 + c7
-                    else:
-                        coded[lane] += c0 + c1
-                        coded[lane + 1] += c2 + c3
-                        coded[lane + 2] += c4 + c5
-                        coded[lane + 3] += c6 + c7
+                    c0 = U64(lengths[U64(values[i])])
+                    c1 = U64(lengths[U64(values[i + U64(1)])])
+                    c2 = U64(lengths[U64(values[i + U64(2)])])
+                    c3 = U64(lengths[U64(values[i + U64(3)])])
+                    c4 = U64(lengths[U64(values[i + U64(4)])])
+                    c5 = U64(lengths[U64(values[i + U64(5)])])
+                    c6 = U64(lengths[U64(values[i + U64(6)])])
+                    c7 = U64(lengths[U64(values[i + U64(7)])])
+                    coded[lane] += c0 + c1
+                    coded[lane + 1] += c2 + c3
+                    coded[lane + 2] += c4 + c5
+                    coded[lane + 3] += c6 + c7
                     i += U64(8)
         words = U64(0)
         for lane in range(min(LANES, count)):
@@ -251,23 +250,23 @@ def _count_words(values, shift, lengths, steps, group, counts):
                 last = start + lane + (count - lane - 1) // LANES * LANES  # the lane's last symbol
             else:
                 last = start + count - row + lane * g + g - 1
-            n_last = U64(lengths[U64((values[U64(last)] >> shift) & 0xFF)])
+            n_last = U64(lengths[U64(values[U64(last)])])
             words += (bits - n_last + U64(MAX_CODE_LEN + WORD_BITS - 1)) >> U64(4)
         counts[b] = words
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _sum8(values, i, stop, shift, lengths, coded, lane):
+def _sum8(values, i, stop, lengths, coded, lane):
     c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = U64(0)
     while i < stop:
-        c0 += U64(lengths[U64((values[i] >> shift) & 0xFF)])
-        c1 += U64(lengths[U64((values[i + U64(1)] >> shift) & 0xFF)])
-        c2 += U64(lengths[U64((values[i + U64(2)] >> shift) & 0xFF)])
-        c3 += U64(lengths[U64((values[i + U64(3)] >> shift) & 0xFF)])
-        c4 += U64(lengths[U64((values[i + U64(4)] >> shift) & 0xFF)])
-        c5 += U64(lengths[U64((values[i + U64(5)] >> shift) & 0xFF)])
-        c6 += U64(lengths[U64((values[i + U64(6)] >> shift) & 0xFF)])
-        c7 += U64(lengths[U64((values[i + U64(7)] >> shift) & 0xFF)])
+        c0 += U64(lengths[U64(values[i])])
+        c1 += U64(lengths[U64(values[i + U64(1)])])
+        c2 += U64(lengths[U64(values[i + U64(2)])])
+        c3 += U64(lengths[U64(values[i + U64(3)])])
+        c4 += U64(lengths[U64(values[i + U64(4)])])
+        c5 += U64(lengths[U64(values[i + U64(5)])])
+        c6 += U64(lengths[U64(values[i + U64(6)])])
+        c7 += U64(lengths[U64(values[i + U64(7)])])
         i += U64(LANES)
     coded[lane] += c0
     coded[lane + 1] += c1
@@ -279,28 +278,28 @@ def _sum8(values, i, stop, shift, lengths, coded, lane):
     coded[lane + 7] += c7
 
 
-def block_index(values: np.ndarray, lengths: np.ndarray, steps: int, shift: int = 0, group: int = 1) -> np.ndarray:
+def block_index(values: np.ndarray, lengths: np.ndarray, steps: int, group: int = 1) -> np.ndarray:
     """The index `encode` would return (int64[num_blocks + 1]), without encoding: the exact size of
     the words stream is known before it is written. Runs on the calling thread."""
     check_group(group, steps)
     num_blocks = -(-values.size // (LANES * steps))
     index = np.zeros(num_blocks + 1, dtype=np.int64)
-    _count_words(values, shift, lengths.astype(np.uint32), steps, group, index[1:])
+    _count_words(values, lengths.astype(np.uint32), steps, group, index[1:])
     np.cumsum(index, out=index)
     return index
 
 
 @numba.njit(cache=True, nogil=True)
 def _decode_block_into(words, begin, end, table, raw, plane, block_start, count, group, lo, hi, wide, out, check):
-    """Decode one block; weights [lo, hi) of it are written into `out` (indexed from lo), or, with
-    `check`, compared with it. `plane` is the length of a raw plane. Returns 0, 1 for a stream that
-    does not decode, 2 for a mismatch."""
+    """Decode one block (symbols [block_start, block_start + count)); weights [lo, hi) of it are written
+    into `out` (indexed from lo), or, with `check`, compared with it. `plane` is the length of a raw
+    plane (the tensor's weights). Returns 0, 1 for a stream that does not decode, 2 for a mismatch."""
     buf = np.zeros(LANES, dtype=np.uint32)
     nbits = np.zeros(LANES, dtype=np.int64)
     pos = begin
     g = _block_group(count, group)
     for step in range(-(-count // LANES)):
-        row = block_start + step // g * g * LANES + step % g   # where lane 0's symbol of this step goes
+        row = block_start + step // g * g * LANES + step % g   # lane 0's symbol of this step
         for lane in range(min(LANES, count - step * LANES)):
             if nbits[lane] < MAX_CODE_LEN:
                 if pos >= end:
@@ -309,36 +308,35 @@ def _decode_block_into(words, begin, end, table, raw, plane, block_start, count,
                 nbits[lane] += 16
                 pos += 1
             entry = table[buf[lane] >> np.uint32(32 - MAX_CODE_LEN)]
-            n = entry >> 8
+            n = entry >> 16
             buf[lane] <<= np.uint32(n)
             nbits[lane] -= n
-            i = row + lane * g
-            if lo <= i < hi:
-                value = _merged_bits(entry & 0xFF, raw, U64(plane), U64(i), wide)
-                if not check:
-                    out[i - lo] = value
-                elif out[i - lo] != value:
-                    return 2
+            first = 2 * (row + lane * g)                     # the symbol's two weights
+            for i in range(first, first + 2):
+                if lo <= i < hi:
+                    value = _merged_bits((entry >> U32(8 * (i - first))) & U32(0xFF), raw, U64(plane), U64(i), wide)
+                    if not check:
+                        out[i - lo] = value
+                    elif out[i - lo] != value:
+                        return 2
     return 0 if pos == end else 1
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _merged_bits(sym, raw, plane, i, wide):
-    """The original bits of weight i (unsigned) from its symbol and raw planes of `plane` bytes (see floats.py)."""
+def _merged_bits(field, raw, plane, i, wide):
+    """The original bits of weight i (unsigned) from its symbol field and raw planes of `plane` bytes
+    (see floats.py)."""
     if wide:
         hi = U32(raw[U64(2) * plane + i])
-        return (((hi & U32(0x80)) << U32(24)) | (U32(sym) << U32(23)) | ((hi & U32(0x7F)) << U32(16))
+        return (((hi & U32(0x80)) << U32(24)) | (U32(field) << U32(23)) | ((hi & U32(0x7F)) << U32(16))
                 | (U32(raw[plane + i]) << U32(8)) | U32(raw[i]))
-    r = U32(raw[i])
-    return ((r & U32(0x80)) << U32(8)) | (U32(sym) << U32(7)) | (r & U32(0x7F))
+    return _RAW16[U64(raw[i])] | (U32(field) << U32(7))
 
 
 @numba.njit(cache=True, nogil=True)
 def _decode_whole_block(words, begin, end, table, raw, plane, block_start, steps, g, wide, out, out_start, check):
     """_decode_block_into for a block of `steps` full steps whose weights all fall in `out`: no range
-    tests, unsigned indices, and a mismatch or a read past the block's words reported at the end.
-    `table` holds length << 16 | the symbol where it goes in the weight's high 16 bits (16-bit floats:
-    symbol << 7, with the raw byte spread by _RAW16) or, for fp32, the symbol itself (_merged_bits)."""
+    tests, unsigned indices, and a mismatch or a read past the block's words reported at the end."""
     if end <= begin:
         return 1
     buf = np.zeros(LANES, dtype=np.uint32)
@@ -348,8 +346,7 @@ def _decode_whole_block(words, begin, end, table, raw, plane, block_start, steps
     g = U64(g)
     bad = U32(0)
     for step in range(steps):
-        i = U64(block_start) + U64(step) // g * g * U64(LANES) + U64(step) % g  # lane 0's weight
-        o = i - U64(out_start)
+        i = U64(2) * (U64(block_start) + U64(step) // g * g * U64(LANES) + U64(step) % g)  # lane 0's first weight
         for lane in range(LANES):
             j = U64(lane)
             b, nb = buf[j], nbits[j]
@@ -361,16 +358,15 @@ def _decode_whole_block(words, begin, end, table, raw, plane, block_start, steps
             n = entry >> U32(16)
             buf[j] = b << n
             nbits[j] = nb - n
-            if wide:
-                value = _merged_bits(entry & U32(0xFF), raw, plane, i, True)
-            else:
-                value = _RAW16[U64(raw[i])] | (entry & U32(0xFFFF))
+            v0 = _merged_bits(entry & U32(0xFF), raw, plane, i, wide)
+            v1 = _merged_bits((entry >> U32(8)) & U32(0xFF), raw, plane, i + U64(1), wide)
+            o = i - U64(out_start)
             if check:
-                bad |= value ^ U32(out[o])
+                bad |= (v0 ^ U32(out[o])) | (v1 ^ U32(out[o + U64(1)]))
             else:
-                out[o] = value
-            i += g
-            o += g
+                out[o] = v0
+                out[o + U64(1)] = v1
+            i += U64(2) * g
     if pos != U64(end):
         return 1
     return 2 if bad else 0
@@ -381,40 +377,46 @@ _RAW16 = np.array([((r & 0x80) << 8) | (r & 0x7F) for r in range(256)], dtype=np
 
 
 @numba.njit(cache=True, nogil=True)
-def _decode_block(words, index, table, whole_table, raw, n_total, steps, group, lo, hi, wide, out, check, b):
+def _decode_block(words, index, table, raw, n_total, steps, group, lo, hi, wide, out, check, b):
     """Decode (or check) block b with the fastest decoder that applies; its status."""
     block_size = LANES * steps
     start = b * block_size
-    count = min(block_size, n_total - start)
-    if count % LANES or start < lo or start + count > hi:
+    count = min(block_size, (n_total + 1) // 2 - start)
+    if count % LANES or 2 * start < lo or 2 * (start + count) > hi:
         return _decode_block_into(words, index[b], index[b + 1], table, raw, n_total, start, count, group, lo, hi,
                                   wide, out, check)
-    return _decode_whole_block(words, index[b], index[b + 1], whole_table, raw, n_total, start, count // LANES,
+    return _decode_whole_block(words, index[b], index[b + 1], table, raw, n_total, start, count // LANES,
                                _block_group(count, group), wide, out, lo, check)
 
 
 # Two loops rather than one function compiled twice: numba's disk cache keys a compiled function by
 # its name, so a parallel and a serial compilation of the same function would share one entry.
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _decode_into(words, index, table, whole_table, raw, n_total, steps, group, lo, hi, wide, out, status, check):
-    first = lo // (LANES * steps)
+def _decode_into(words, index, table, raw, n_total, steps, group, lo, hi, wide, out, status, check):
+    first = lo // 2 // (LANES * steps)
     for k in numba.prange(status.size):
-        status[k] = _decode_block(words, index, table, whole_table, raw, n_total, steps, group, lo, hi, wide, out,
-                                  check, first + k)
+        status[k] = _decode_block(words, index, table, raw, n_total, steps, group, lo, hi, wide, out, check, first + k)
 
 
 @numba.njit(cache=True, nogil=True)
-def _decode_into_serial(words, index, table, whole_table, raw, n_total, steps, group, lo, hi, wide, out, status, check):
-    first = lo // (LANES * steps)
+def _decode_into_serial(words, index, table, raw, n_total, steps, group, lo, hi, wide, out, status, check):
+    first = lo // 2 // (LANES * steps)
     for k in range(status.size):
-        status[k] = _decode_block(words, index, table, whole_table, raw, n_total, steps, group, lo, hi, wide, out,
-                                  check, first + k)
+        status[k] = _decode_block(words, index, table, raw, n_total, steps, group, lo, hi, wide, out, check, first + k)
+
+
+def blocks_of(lo: int, hi: int, steps: int) -> tuple[int, int]:
+    """(first block, number of blocks) holding weights [lo, hi) (hi > lo)."""
+    block_size = LANES * steps
+    first = lo // 2 // block_size
+    return first, ((hi + 1) // 2 - 1) // block_size + 1 - first
 
 
 def decode_into(words: np.ndarray, index: np.ndarray, table: np.ndarray, raw: np.ndarray, n_total: int,
                 steps: int, out: np.ndarray, lo: int = 0, where: str = "tensor", check: bool = False,
                 parallel: bool = True, group: int = 1) -> None:
-    """Decode weights [lo, lo + out.size) into `out` (uint16 for 16-bit floats, uint32 for fp32).
+    """Decode weights [lo, lo + out.size) into `out` (uint16 for 16-bit floats, uint32 for fp32);
+    `table` is huffman.decode_table's.
 
     With `check`, `out` holds the expected bits and is compared instead of written: a
     difference raises VerificationError naming the block. Without `parallel`, it runs on the
@@ -423,18 +425,16 @@ def decode_into(words: np.ndarray, index: np.ndarray, table: np.ndarray, raw: np
     hi = lo + out.size
     if hi <= lo:
         return
-    block_size = LANES * steps
-    status = np.zeros(-(-hi // block_size) - lo // block_size, dtype=np.int64)
+    first, count = blocks_of(lo, hi, steps)
+    status = np.zeros(count, dtype=np.int64)
     wide = out.itemsize == 4
-    entries = table.astype(np.uint32)
-    whole_table = ((entries >> 8) << 16) | ((entries & 0xFF) << (0 if wide else 7))  # see _decode_whole_block
     run = _decode_into if parallel and status.size > 1 else _decode_into_serial
-    run(words, index, table.astype(np.int16), whole_table, raw, n_total, steps, group, lo, hi, wide, out, status,
-        check)
+    run(words, index, table.astype(np.uint32), raw, n_total, steps, group, lo, hi, wide, out, status, check)
+    weights = 2 * LANES * steps
     if (status == 1).any():
-        block = lo // block_size + int(np.flatnonzero(status == 1)[0])
+        block = first + int(np.flatnonzero(status == 1)[0])
         raise CorruptDataError(f"{where}: coded stream of block {block} does not decode (truncated or corrupted data)")
     if (status == 2).any():
-        block = lo // block_size + int(np.flatnonzero(status == 2)[0])
-        raise VerificationError(f"{where}: block {block} (weights from {block * block_size}) does not decode "
+        block = first + int(np.flatnonzero(status == 2)[0])
+        raise VerificationError(f"{where}: block {block} (weights from {block * weights}) does not decode "
                                 f"back to its original bits")

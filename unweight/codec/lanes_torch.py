@@ -21,18 +21,26 @@ import torch
 from .huffman import MAX_CODE_LEN
 from .lanes import LANES, WORD_BITS, UncodedSymbolError, check_group
 
-CHUNK_WEIGHTS = 1 << 24  # weights coded per pass (whole blocks): bounds the int64 intermediates (~1.5 GB)
+CHUNK_SYMBOLS = 1 << 24  # symbols coded per pass (whole blocks): bounds the int64 intermediates (~1.5 GB)
 
 
-def encode(values: torch.Tensor, codes: torch.Tensor, lengths: torch.Tensor, steps: int, shift: int = 0,
+def pair_symbols(bits: torch.Tensor, shift: int) -> torch.Tensor:
+    """floats.pair_symbols of the weights' bits (int16 or int32) on their device, as int64."""
+    field = ((bits.to(torch.int64) & 0xFFFFFFFF) >> shift) & 0xFF
+    if field.numel() % 2:
+        field = torch.cat([field, field[-1:]])  # an odd count: the last weight pairs with itself
+    return field[0::2] | (field[1::2] << 8)
+
+
+def encode(values: torch.Tensor, codes: torch.Tensor, lengths: torch.Tensor, steps: int,
            group: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """`lanes.encode` of the symbols (values >> shift) & 0xFF on values' device: (words int16[W], the
-    uint16 words' bits; index int64[num_blocks + 1]). codes, lengths: the code of each of the 256 symbols."""
+    """`lanes.encode` of the symbols `values` (pair_symbols) on values' device: (words int16[W], the
+    uint16 words' bits; index int64[num_blocks + 1]). codes, lengths: the code of each symbol value."""
     check_group(group, steps)
     codes, lengths = codes.to(values.device, torch.int64), lengths.to(values.device, torch.int64)
     words, index, base = [], [torch.zeros(1, dtype=torch.int64, device=values.device)], 0
     for part in _chunks(values, steps):
-        part_words, part_index = _encode_blocks(part, codes, lengths, steps, shift, group)
+        part_words, part_index = _encode_blocks(part, codes, lengths, steps, group)
         words.append(part_words)
         index.append(part_index[1:] + base)
         base += part_words.numel()
@@ -40,23 +48,22 @@ def encode(values: torch.Tensor, codes: torch.Tensor, lengths: torch.Tensor, ste
     return (torch.cat(words) if words else empty), torch.cat(index)
 
 
-def block_index(values: torch.Tensor, lengths: torch.Tensor, steps: int, shift: int = 0,
-                group: int = 1) -> torch.Tensor:
+def block_index(values: torch.Tensor, lengths: torch.Tensor, steps: int, group: int = 1) -> torch.Tensor:
     """`lanes.block_index` on values' device: the index `encode` returns, without the words."""
     check_group(group, steps)
     lengths = lengths.to(values.device, torch.int64)
     index, base = [torch.zeros(1, dtype=torch.int64, device=values.device)], 0
     for part in _chunks(values, steps):
-        place = _Placement(part, lengths, steps, shift, group)
+        place = _Placement(part, lengths, steps, group)
         index.append(place.block_ends + base)
         base += int(place.block_ends[-1])
     return torch.cat(index)
 
 
 def _chunks(values: torch.Tensor, steps: int) -> list[torch.Tensor]:
-    """values cut into the whole blocks (bar the last) of one pass each (CHUNK_WEIGHTS)."""
+    """values cut into the whole blocks (bar the last) of one pass each (CHUNK_SYMBOLS)."""
     block_size = LANES * steps
-    chunk = max(1, CHUNK_WEIGHTS // block_size) * block_size
+    chunk = max(1, CHUNK_SYMBOLS // block_size) * block_size
     return [values[start : start + chunk] for start in range(0, values.numel(), chunk)]
 
 
@@ -64,11 +71,11 @@ class _Placement:
     """Where every symbol of a run of whole blocks (bar a tensor's last) goes: its lane, its bits'
     offset in the lane, the step at which its lane takes a word, and that word's place in the stream."""
 
-    def __init__(self, values: torch.Tensor, lengths: torch.Tensor, steps: int, shift: int, group: int):
+    def __init__(self, values: torch.Tensor, lengths: torch.Tensor, steps: int, group: int):
         device, n = values.device, values.numel()
         block_size = LANES * steps
         num_blocks = -(-n // block_size)
-        self.symbols = ((values.to(torch.int64) & 0xFFFFFFFF) >> shift) & 0xFF
+        self.symbols = values.to(torch.int64) & 0xFFFF
         self.bits = lengths[self.symbols]
         i = torch.arange(n, device=device)
         block = i // block_size
@@ -105,8 +112,8 @@ class _Placement:
         self.num_words = int(lane_words.sum())
 
 
-def _encode_blocks(values, codes, lengths, steps, shift, group) -> tuple[torch.Tensor, torch.Tensor]:
-    place = _Placement(values, lengths, steps, shift, group)
+def _encode_blocks(values, codes, lengths, steps, group) -> tuple[torch.Tensor, torch.Tensor]:
+    place = _Placement(values, lengths, steps, group)
     device = values.device
     if bool((place.bits == 0).any()):
         raise UncodedSymbolError("a symbol to encode has no code (code lengths from other data?)")

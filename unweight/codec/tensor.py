@@ -31,32 +31,29 @@ import zstandard
 from ..errors import SourceError, VerificationError
 from . import floats, huffman, lanes, lanes_torch
 
-DEFAULT_STEPS = 1024       # symbols a lane decodes per block: 32 * 1024 weights a block
-LARGE_TENSOR = 1 << 25     # from 32M weights on, blocks are halved (steps 512)
+DEFAULT_STEPS = 256        # symbols (weight pairs) a lane decodes per block: 32 * 512 weights a block
 
 
 def choose_steps(numel: int) -> int:
     """Steps a block for a tensor: the trade-off between size and GPU decode speed.
 
-    Each lane wastes ~17 bits (its last, partly used words), so longer lanes pack tighter
-    (steps 1024: +0.1% of bf16, 512: +0.2%); but a lane is decoded serially, so the GPU
-    decoder's parallelism is numel / steps lanes. On an H200 a 67M-weight tensor decodes
-    1.75x faster at steps 512 than at 1024 (BENCHMARKS.md), while small tensors are decoded
-    together, a layer at a time, so they keep the tighter packing.
+    Each lane wastes ~19 bits (its last, partly used words), so longer lanes pack tighter
+    (steps 256, 512 weights a lane: +0.23% of bf16); but a lane is decoded serially, so the GPU
+    decoder's parallelism is numel / (2 * steps) lanes, and the time of a launch is at least the
+    time one lane takes (BENCHMARKS.md, "GPU decode").
     """
-    return DEFAULT_STEPS // 2 if numel >= LARGE_TENSOR else DEFAULT_STEPS
+    return DEFAULT_STEPS
 
 
 def choose_group(dtype: str, steps: int) -> int:
-    """Neighbouring weights a lane holds in a run (lanes.py): 4 for 16-bit floats, whose GPU decoder
-    then reads four raw bytes and writes four weights with one access each (on an H100, 1.02x the
-    output rate of group 2, BENCHMARKS.md, "GPU decode"; 1.08x that of group 1 in the run before the
-    words ring); 1 for fp32, whose decoder does not use runs, and where the run does not divide steps."""
+    """Neighbouring symbols a lane holds in a run (lanes.py): 2 for 16-bit floats, whose GPU decoder
+    then reads four raw bytes and writes four weights with one access each; 1 for fp32, whose decoder
+    does not use runs, and where the run does not divide steps."""
     return GROUP_16BIT if floats.LAYOUTS[dtype].width == 2 and steps % GROUP_16BIT == 0 else 1
 
 
-GROUP_16BIT = 4
-CHUNK_BLOCKS = 512         # blocks read at once from a tensor too large to hold (16M weights)
+GROUP_16BIT = 2
+CHUNK_BLOCKS = 1024        # blocks read at once from a tensor too large to hold (16M weights)
 MAX_CACHED_BYTES = 512 * 1024 * 1024  # tensors up to this size are held whole while planned
 TASK_BYTES = 4 * 1024 * 1024  # source bytes a task covers (~10 ms): small enough to keep every thread busy
 MAX_READ_AHEAD = 16        # tasks of a large tensor read ahead of the one that finishes first
@@ -80,7 +77,8 @@ class EncodedTensor:
 
 
 class Code:
-    """The prefix code of one tensor, from its symbol histogram."""
+    """The prefix code of one tensor, from its symbol histogram (huffman.TooManySymbolsError where
+    no code of MAX_CODE_LEN bits has room for its symbols: the tensor is then stored as it is)."""
 
     def __init__(self, hist: np.ndarray):
         self.hist = hist
@@ -98,12 +96,12 @@ class Code:
         return self._table
 
     def on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(codes, lengths, the GPU decoder's table) as tensors on `device`, made once per device."""
+        """(codes, lengths, the decode table as int32) as tensors on `device`, made once per device."""
         key = str(device)
         if key not in self._on_device:  # a race between threads only makes the same tensors twice
             self._on_device[key] = (torch.from_numpy(self.codes.astype(np.int64)).to(device),
                                     torch.from_numpy(self.lengths.astype(np.int64)).to(device),
-                                    torch.from_numpy(huffman.gpu_decode_table(self.lengths)).to(device))
+                                    torch.from_numpy(self.table.view(np.int32)).to(device))
         return self._on_device[key]
 
 
@@ -239,7 +237,10 @@ class TensorEncoder:
         for a, b in _spans(source.numel, _task_weights(layout, steps)):
             pieces.append(source.read(a * layout.width, b * layout.width))
             hists.append(self._workers.submit(_histogram_task, layout, pieces[-1], 0, b - a))
-        code = Code(sum(_results(hists)))
+        try:
+            code = Code(sum(_results(hists)))
+        except huffman.TooManySymbolsError:
+            return [_plan_other(source.dtype, source.numel, np.concatenate(pieces), compress=False)]
         indices = self._map(_index_task, [(layout, code, piece, 0, piece.size // layout.width, steps, group)
                                           for piece in pieces])
         return [_lanes_plan(source.dtype, source.numel, steps, group, code, indices, pieces)]
@@ -247,7 +248,7 @@ class TensorEncoder:
     def _plan_by_chunks(self, source: TensorSource) -> TensorPlan:
         """A tensor too large to hold, a chunk at a time: all of its histogram, then its word counts."""
         layout, steps, group = floats.LAYOUTS[source.dtype], source.steps, source.lanes_group
-        chunks = list(_spans(source.numel, CHUNK_BLOCKS * lanes.LANES * steps))
+        chunks = list(_spans(source.numel, CHUNK_BLOCKS * 2 * lanes.LANES * steps))
 
         def tasks(a: int, b: int) -> list[tuple[int, int]]:
             return list(_spans(b - a, _task_weights(layout, steps)))
@@ -256,7 +257,10 @@ class TensorEncoder:
         for a, b in chunks:
             data = source.read(a * layout.width, b * layout.width)
             hist += sum(self._map(_histogram_task, [(layout, data, c, d) for c, d in tasks(a, b)]))
-        code = Code(hist)
+        try:
+            code = Code(hist)
+        except huffman.TooManySymbolsError:  # stored as it is, read again whole when coded
+            return TensorPlan(source.dtype, source.numel, source.nbytes, "raw", {"data": source.nbytes})
         indices = []
         for a, b in chunks:
             data = source.read(a * layout.width, b * layout.width)
@@ -338,7 +342,11 @@ def _plan_small(sources: list[tuple[TensorSource, np.ndarray]]) -> list[TensorPl
             plans.append(_plan_other(source.dtype, source.numel, data))
             continue
         layout = floats.LAYOUTS[source.dtype]
-        code = Code(_histogram_task(layout, data, 0, source.numel))
+        try:
+            code = Code(_histogram_task(layout, data, 0, source.numel))
+        except huffman.TooManySymbolsError:
+            plans.append(_plan_other(source.dtype, source.numel, data, compress=False))
+            continue
         index = _index_task(layout, code, data, 0, source.numel, source.steps, source.lanes_group)
         plans.append(_lanes_plan(source.dtype, source.numel, source.steps, source.lanes_group, code, [index], [data]))
     return plans
@@ -362,8 +370,10 @@ def _consume_all(consume: Consume, datas: list[np.ndarray]) -> None:
         consume(data)
 
 
-def _plan_other(dtype: str, numel: int, data: np.ndarray) -> TensorPlan:
-    packed = _zstd(data)
+def _plan_other(dtype: str, numel: int, data: np.ndarray, compress: bool = True) -> TensorPlan:
+    """A tensor stored zstd-compressed where that is smaller (`compress`), else as it is: other dtypes,
+    and floats whose symbols no code has room for (near-random bits, which zstd does not shrink)."""
+    packed = _zstd(data) if compress else data
     if packed.size < data.size:
         return TensorPlan(dtype, numel, data.size, "zstd", {"data": packed.size}, data=[data])
     return TensorPlan(dtype, numel, data.size, "raw", {"data": data.size}, data=[data])
@@ -400,8 +410,8 @@ def _histogram_task(layout, data, start, stop) -> np.ndarray:
 
 
 def _index_task(layout, code: Code, data, start, stop, steps, group) -> np.ndarray:
-    bits = data[start * layout.width : stop * layout.width].view(np.uint16 if layout.width == 2 else np.uint32)
-    return lanes.block_index(bits, code.lengths, steps, shift=layout.symbol_shift, group=group)
+    symbols = floats.pair_symbols(layout, data[start * layout.width : stop * layout.width])
+    return lanes.block_index(symbols, code.lengths, steps, group=group)
 
 
 def _code_span(plan: TensorPlan, data: np.ndarray, start: int, write: Write, where: str, verify: bool,
@@ -411,12 +421,12 @@ def _code_span(plan: TensorPlan, data: np.ndarray, start: int, write: Write, whe
     coded there (and, on CUDA, checked there)."""
     layout = floats.LAYOUTS[plan.dtype]
     bits = data.view(np.uint16 if layout.width == 2 else np.uint32)
-    first_block = start // (lanes.LANES * plan.steps)
+    first_block = start // (2 * lanes.LANES * plan.steps)
     raw = floats.raw_planes(layout, data)
     try:
         if device is None:
-            words, index = lanes.encode(bits, plan.code.codes, plan.code.lengths, plan.steps,
-                                        shift=layout.symbol_shift, group=plan.group)
+            words, index = lanes.encode(floats.pair_symbols(layout, data), plan.code.codes, plan.code.lengths,
+                                        plan.steps, group=plan.group)
         else:
             words, index = _encode_on(device, plan, data, raw, verify, f"{where} (chunk from weight {start})")
             verify = verify and device.type != "cuda"  # checked on the device already
@@ -440,7 +450,8 @@ def _encode_on(device: torch.device, plan: TensorPlan, data: np.ndarray, raw: np
     view = torch.int16 if layout.width == 2 else torch.int32
     bits = torch.from_numpy(data).to(device).view(view)
     codes, lengths, table = plan.code.on(device)
-    words, index = lanes_torch.encode(bits, codes, lengths, plan.steps, layout.symbol_shift, plan.group)
+    words, index = lanes_torch.encode(lanes_torch.pair_symbols(bits, layout.symbol_shift), codes, lengths, plan.steps,
+                                      plan.group)
     if verify and device.type == "cuda":
         from ..kernels.decode import OUT_DTYPES, decode_lanes  # lazy: Triton is needed only here
         out = torch.empty(bits.numel(), dtype=OUT_DTYPES[plan.dtype], device=device)
@@ -486,5 +497,5 @@ def _is_large(tensor: TensorSource | TensorPlan) -> bool:
 
 def _task_weights(layout: floats.FloatLayout, steps: int) -> int:
     """Weights of a task of a large tensor: whole blocks, about TASK_BYTES of source."""
-    block = lanes.LANES * steps
+    block = 2 * lanes.LANES * steps
     return max(1, TASK_BYTES // (layout.width * block)) * block

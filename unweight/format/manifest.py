@@ -20,8 +20,8 @@ from .safetensors_file import DTYPE_SIZES, MAX_HEADER_BYTES
 
 MANIFEST_NAME = "unweight.json"
 FORMAT_NAME = "unweight-packed"
-FORMAT_VERSION = 2          # written; 2 added `group` (runs of neighbouring weights in a lane)
-READ_VERSIONS = (1, 2)      # read: a version-1 tensor is a version-2 one with group 1
+FORMAT_VERSION = 3          # written; 3: symbols are exponent pairs (codec/huffman.py), codes up to 14 bits
+READ_VERSIONS = (3,)        # read: versions 1 and 2 coded single exponents, which this decoder does not read
 MAX_MANIFEST_BYTES = 256 * 1024 * 1024
 ENCODINGS = ("lanes", "zstd", "raw")
 STREAM_ROLES = {"lanes": ("words", "index", "raw"), "zstd": ("data",), "raw": ("data",)}
@@ -40,8 +40,8 @@ class TensorRecord:
     spans: dict[str, list[int]]     # role -> [begin, end) in the shard tensor of that role
     steps: int = 0                  # lanes encoding: steps a block
     group: int = 1                  # lanes encoding: neighbouring weights a lane holds in a run
-    code_lengths: str = ""          # lanes encoding: code lengths of symbols first_symbol.., hex
-    first_symbol: int = 0           # symbol whose length the code_lengths string starts with
+    code: str = ""                  # lanes encoding: the code, hex of (symbol uint16 LE, length uint8) per
+                                    # coded symbol, by increasing symbol
     entropy_bits: float = 0.0       # lanes encoding: exponent-symbol entropy, bits a weight
 
     @property
@@ -133,8 +133,6 @@ def _check_version(path: Path, body) -> None:
         raise FormatError(f"{path}: format version {version!r} is not supported by this unweight "
                           f"(reads versions {', '.join(map(str, READ_VERSIONS))}); upgrade unweight or re-compress "
                           f"the source")
-    if version == 1 and any(isinstance(t, dict) and "group" in t for t in body.get("tensors", {}).values()):
-        raise FormatError(f"{path}: a version-1 manifest with version-2 fields (group)")
 
 
 def _safe_name(name: str) -> str:

@@ -1,27 +1,28 @@
 """Triton decoder for the interleaved-lane bitstream: packed streams -> bf16/fp16/fp32 weights on the GPU.
 
 One warp decodes one block: thread j of the warp is lane j, and the whole warp advances one
-step (one symbol a lane) at a time, so the words the refilling lanes take are neighbours in the
-stream. A lane holds runs of GROUP neighbouring weights (the block layout, codec/lanes.py): every
-GROUP steps the warp has decoded GROUP * 32 neighbouring weights, whose raw bytes it reads and
-which it writes with one access a lane (16-bit weights: 4 raw bytes in, 8 bytes out). A program
-decodes ROWS blocks as a flat tile of ROWS * LANES lanes, row-major, one row per warp (or several per thread with
-the scan prefix): a 1-D tile whose size equals the threads keeps lane j of row r on thread j of
-warp r, which the ballot prefix relies on.
+step (one symbol, two weights, a lane) at a time, so the words the refilling lanes take are
+neighbours in the stream. A lane holds runs of GROUP neighbouring symbols (the block layout,
+codec/lanes.py): every GROUP steps the warp has decoded 2 * GROUP * 32 neighbouring weights, whose
+raw bytes it reads and which it writes with one access a lane (16-bit weights, group 2: 4 raw
+bytes in, 8 bytes out). A program decodes ROWS blocks as a flat tile of ROWS * LANES lanes,
+row-major, one row per warp (or several per thread with the scan prefix): a 1-D tile whose size
+equals the threads keeps lane j of row r on thread j of warp r, which the ballot prefix relies on.
 
 Per lane and step (see unweight/codec/lanes.py for the encoder's side):
 
     buf      uint32, MSB-aligned bits; room = 16 - (bits buffered), the shift that puts the
              next word right behind them
-    refill   if room > 4 (fewer than 12 bits): buf |= word << room; room -= 16, where the
-             word is stream[base + number of refilling lanes before this one]; with the window
-             option the row's words [base, base + 32) are loaded one step ahead, one a lane, and
-             a lane takes its word by warp shuffle, which keeps a load off the step's chain
-    decode   entry = table[buf >> 20] (uint16: symbol | length << 8; by default from a copy of the
-             table in shared memory); buf <<= length; room += length
-    merge    bf16/fp16: raw = s << 7 | bits 0..6          value = (raw & 0x80) << 8 | sym << 7 | raw & 0x7F
+    refill   if room > 3 (fewer than 13 bits): buf |= word << room; room -= 16, where the
+             word is stream[base + number of refilling lanes before this one]: from a ring of the
+             row's words staged in shared memory ahead of use, or from a window of the row's next
+             32 words in registers (a lane takes its word by warp shuffle), or loaded
+    decode   entry = table[buf >> 19] (uint32: symbol | length << 16, the symbol the exponent fields
+             of two weights, bits 0..7 and 8..15; by default from a copy of the table in shared
+             memory); buf <<= length; room += length
+    merge    bf16/fp16: raw = s << 7 | bits 0..6          value = (raw & 0x80) << 8 | field << 7 | raw & 0x7F
              fp32: p0 = bits 0..7, p1 = bits 8..15, p2 = s << 7 | bits 16..22
-                   value = (p2 & 0x80) << 24 | sym << 23 | (p2 & 0x7F) << 16 | p1 << 8 | p0
+                   value = (p2 & 0x80) << 24 | field << 23 | (p2 & 0x7F) << 16 | p1 << 8 | p0
 
 Variants (DecodeConfig) are swept by benchmarks/gpu_decode.py. Triton is imported by this
 module; `unweight.kernels` itself imports nothing, so the rest of unweight works without it.
@@ -38,9 +39,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ..codec import floats
+from ..codec import floats, lanes
 from ..codec.huffman import MAX_CODE_LEN as _MAX_CODE_LEN
-from ..codec.huffman import PREFIX_BITS, PREFIX_ENTRIES, TABLE_SIZE
+from ..codec.huffman import TABLE_SIZE
 from ..codec.lanes import GROUPS as _GROUPS
 from ..codec.lanes import LANES as _LANES
 from ..codec.lanes import WORD_BITS as _WORD_BITS
@@ -51,9 +52,7 @@ logger = logging.getLogger(__name__)
 LANES = tl.constexpr(_LANES)                   # lanes of a block = threads of a warp
 WORD_BITS = tl.constexpr(_WORD_BITS)           # a refill brings one 16-bit word
 MAX_CODE_LEN = tl.constexpr(_MAX_CODE_LEN)     # refill below this many buffered bits
-PEEK_SHIFT = tl.constexpr(32 - _MAX_CODE_LEN)  # buf >> PEEK_SHIFT = the next 12 bits
-SMALL_BITS = tl.constexpr(6)                   # TABLE_SHUFFLE: codes up to 6 bits come from registers
-SMALL_STRIDE = tl.constexpr(1 << (_MAX_CODE_LEN - 6))  # table entries per 6-bit prefix
+PEEK_SHIFT = tl.constexpr(32 - _MAX_CODE_LEN)  # buf >> PEEK_SHIFT = the next 13 bits
 PREFETCH_STEPS = tl.constexpr(8)               # PREFETCH: raw bytes this many steps ahead (2 lines)...
 PREFETCH_WORDS = tl.constexpr(128)             # ...and lane words this many words ahead (~24 steps)
 
@@ -65,12 +64,12 @@ CHUNK_BYTES = tl.constexpr(256)                # ...by aligned copies of 128 wor
 # Word-slot prefix over the lanes of a step (which word each refilling lane takes).
 PREFIX_SCAN = 0     # scan + reduction along the lane axis: portable, runs in the interpreter
 PREFIX_BALLOT = 1   # vote.ballot + popc in inline PTX: CUDA only, needs lane j on hardware lane j
-# Where the 4096-entry decode table is read.
-TABLE_GLOBAL = 0    # every lookup from global memory (the 8 KiB table stays in L1)
-TABLE_SHUFFLE = 1   # codes <= 6 bits from a 64-entry copy in registers (warp shuffle), longer from global
-TABLE_PREFIX = 2    # codes <= 6 bits from the table's 64-entry first level (one cache line), longer from global
-TABLE_SHARED = 3    # the table copied into shared memory when a program starts (inline PTX, so CUDA only; it
+# Where the 8192-entry decode table is read.
+TABLE_GLOBAL = 0    # every lookup from global memory (through L1)
+TABLE_SHARED = 1    # the table copied into shared memory when a program starts (inline PTX, so CUDA only; it
                     # needs the ballot's tile, one lane a thread: with the scan prefix the table is read as GLOBAL)
+_TABLE_BYTES = 4 * TABLE_SIZE
+_STATIC_SHARED = 48 * 1024  # static shared memory a block may declare: the table and the rings share it
 # Where a refilling lane's word comes from.
 WINDOW_LOAD = 0     # a load from the row's stream on the step's chain
 WINDOW_REGISTERS = 1  # the row's next 32 words, loaded a step ahead, one a lane, taken by warp shuffle
@@ -79,12 +78,8 @@ WINDOW_RING = 2     # a ring of the row's words in shared memory, staged hundred
 _WINDOW_REGISTERS = tl.constexpr(WINDOW_REGISTERS)
 _WINDOW_RING = tl.constexpr(WINDOW_RING)
 _PREFIX_BALLOT = tl.constexpr(PREFIX_BALLOT)
-_TABLE_SHUFFLE = tl.constexpr(TABLE_SHUFFLE)
-_TABLE_PREFIX = tl.constexpr(TABLE_PREFIX)
 _TABLE_SHARED = tl.constexpr(TABLE_SHARED)
-FIRST_LEVEL = tl.constexpr(TABLE_SIZE)                     # where the 64-entry first level starts
-TABLE_ENTRIES = tl.constexpr(TABLE_SIZE)                   # entries of the full table
-PREFIX_SHIFT = tl.constexpr(32 - PREFIX_BITS)              # buf >> PREFIX_SHIFT = the next 6 bits
+TABLE_BYTES = tl.constexpr(_TABLE_BYTES)
 
 
 @dataclass(frozen=True)
@@ -92,11 +87,10 @@ class DecodeConfig:
     """Tunables of the decode kernel; benchmarks/gpu_decode.py sweeps them on the target GPU."""
 
     # defaults: the fastest variant on an H100 (BENCHMARKS.md, "GPU decode")
-    rows: int = 16           # blocks a program decodes at once (1-warp programs: at most 32 resident per SM)
-    num_warps: int = 16      # warps a program; rows / num_warps blocks per thread (1 with the ballot prefix)
+    rows: int = 8            # blocks a program decodes at once (the shared table and 16 rings fill 48 KiB)
+    num_warps: int = 8       # warps a program; rows / num_warps blocks per thread (1 with the ballot prefix)
     prefix: int = PREFIX_BALLOT
-    table: int = TABLE_SHARED  # the 8 KiB table in shared memory: 1.07x the table read through L1 (H100);
-                               # smaller first levels were slower
+    table: int = TABLE_SHARED  # the 32 KiB table in shared memory
     prefetch: bool = True    # PTX prefetch of raw bytes and lane words ahead of use (CUDA only)
     unroll: int = 4          # steps per loop iteration (the prefetch is issued once an iteration); at least
                              # the tensor's group
@@ -109,17 +103,20 @@ class DecodeConfig:
                   and (self.prefix != PREFIX_BALLOT or self.rows == self.num_warps),
                   "num_warps": self.num_warps in (1, 2, 4, 8, 16),
                   "prefix": self.prefix in (PREFIX_SCAN, PREFIX_BALLOT),
-                  "table": self.table in (TABLE_GLOBAL, TABLE_SHUFFLE, TABLE_PREFIX, TABLE_SHARED),
+                  "table": self.table in (TABLE_GLOBAL, TABLE_SHARED),
                   "unroll": self.unroll in (1, 2, 4),
-                  "window": self.window in (WINDOW_LOAD, WINDOW_REGISTERS, WINDOW_RING)}
+                  "window": self.window in (WINDOW_LOAD, WINDOW_REGISTERS, WINDOW_RING)
+                  and (self.window != WINDOW_RING or self.table != TABLE_SHARED
+                       or _TABLE_BYTES + (self.rows + 1) * _RING_BYTES <= _STATIC_SHARED)}
         for name, ok in checks.items():
             if not ok:
                 raise UnweightError(f"DecodeConfig.{name}={getattr(self, name)!r} is not allowed "
                                     f"(rows: a power of two, at least num_warps, equal to it with the ballot "
                                     f"prefix; num_warps: 1..16, a power of two; "
-                                    f"prefix: {PREFIX_SCAN} or {PREFIX_BALLOT}; table: {TABLE_GLOBAL}, "
-                                    f"{TABLE_SHUFFLE}, {TABLE_PREFIX} or {TABLE_SHARED}; unroll: 1, 2 or 4; "
-                                    f"window: {WINDOW_LOAD}, {WINDOW_REGISTERS} or {WINDOW_RING})")
+                                    f"prefix: {PREFIX_SCAN} or {PREFIX_BALLOT}; table: {TABLE_GLOBAL} or "
+                                    f"{TABLE_SHARED}; unroll: 1, 2 or 4; window: {WINDOW_LOAD}, "
+                                    f"{WINDOW_REGISTERS} or {WINDOW_RING}, the ring with the shared table for at "
+                                    f"most 8 rows: their shared memory)")
 
     def portable(self) -> "DecodeConfig":
         """The tile for the Triton interpreter: no inline PTX, and at least 32 rows, since the
@@ -202,57 +199,35 @@ def _load_window(word_row, word_at, word_limit):
 
 
 @triton.jit
-def _lookup(buf, table_ptr, small, ROWS: tl.constexpr, TABLE: tl.constexpr):
-    """Decode-table entry (symbol | length << 8, int32) for the next 12 bits of each buffer (table_ptr: *u16)."""
+def _lookup(buf, table_ptr, TABLE: tl.constexpr):
+    """Decode-table entry (symbol | length << 16, int32) for the next 13 bits of each buffer (table_ptr: *i32)."""
     peek = (buf >> PEEK_SHIFT).to(tl.int32)
-    if TABLE == _TABLE_SHUFFLE:
-        # small: int32 [ROWS * LANES], lane k of every row holds the entries of 6-bit prefixes 2k and 2k+1
-        top = peek >> (MAX_CODE_LEN - SMALL_BITS)
-        row_base = tl.arange(0, ROWS * LANES) // LANES * LANES          # gather inside the lane's own row
-        pair = tl.gather(small, row_base + (top >> 1), axis=0)
-        entry = (pair >> ((top & 1) * 16)) & 0xFFFF
-        long_code = (entry >> 8) > SMALL_BITS
-        full = tl.load(table_ptr + peek, mask=long_code, other=0).to(tl.int32)
-        entry = tl.where(long_code, full, entry)
-    elif TABLE == _TABLE_PREFIX:
-        entry = tl.load(table_ptr + FIRST_LEVEL + (buf >> PREFIX_SHIFT).to(tl.int32)).to(tl.int32)
-        long_code = (entry >> 8) > SMALL_BITS
-        full = tl.load(table_ptr + peek, mask=long_code, other=0).to(tl.int32)
-        entry = tl.where(long_code, full, entry)
-    elif TABLE == _TABLE_SHARED:
+    if TABLE == _TABLE_SHARED:
         entry = tl.inline_asm_elementwise(
-            asm="{ .reg .u32 a; mov.u32 a, unweight_table; mad.lo.u32 a, $1, 2, a; ld.shared.u16 $0, [a]; }",
+            asm="{ .reg .u32 a; mov.u32 a, unweight_table; mad.lo.u32 a, $1, 4, a; ld.shared.u32 $0, [a]; }",
             constraints="=r,r", args=[peek], dtype=tl.int32, is_pure=True, pack=1)
     else:
-        entry = tl.load(table_ptr + peek).to(tl.int32)  # uint16 table: zero-extended by the load
+        entry = tl.load(table_ptr + peek)
     return entry
 
 
 @triton.jit
-def _small_table(table_ptr, ROWS: tl.constexpr):
-    """Entries of every 6-bit prefix, two per lane: int32 [ROWS * LANES] (same for every row)."""
-    k = tl.arange(0, ROWS * LANES) % LANES
-    lo = tl.load(table_ptr + (2 * k) * SMALL_STRIDE).to(tl.int32) & 0xFFFF
-    hi = tl.load(table_ptr + (2 * k + 1) * SMALL_STRIDE).to(tl.int32) & 0xFFFF
-    return lo | (hi << 16)
-
-
-@triton.jit
 def _shared_table(table_ptr, ROWS: tl.constexpr):
-    """Declare the shared-memory table `unweight_table` and copy the 4096 entries into it (every thread
-    of the program a share, then a barrier). One element a thread: the ballot tile. Returns 0s."""
+    """Declare the shared-memory table `unweight_table` and copy the table into it with cp.async, 16 bytes
+    a thread at a time, then wait and a barrier. One element a thread: the ballot tile."""
     e = tl.arange(0, ROWS * LANES)
-    done = tl.inline_asm_elementwise(asm=".shared .align 16 .b8 unweight_table[8192];\n\tmov.u32 $0, 0;",
+    src = table_ptr.to(tl.pointer_type(tl.int8)) + e * 16
+    done = tl.inline_asm_elementwise(asm=f".shared .align 16 .b8 unweight_table[{_TABLE_BYTES}];\n\tmov.u32 $0, 0;",
                                      constraints="=r,r", args=[e], dtype=tl.int32, is_pure=False, pack=1)
-    for k in tl.static_range(TABLE_ENTRIES // (ROWS * LANES)):
-        at = k * ROWS * LANES + e
-        value = tl.load(table_ptr + at).to(tl.int32)
+    for k in tl.static_range(TABLE_BYTES // (ROWS * LANES * 16)):
         done |= tl.inline_asm_elementwise(
-            asm="{ .reg .u32 a; mov.u32 a, unweight_table; mad.lo.u32 a, $1, 2, a; st.shared.u16 [a], $2; "
-                "mov.u32 $0, 0; }",
-            constraints="=r,r,r", args=[at, value], dtype=tl.int32, is_pure=False, pack=1)
-    done |= tl.inline_asm_elementwise(asm="bar.sync 0;\n\tmov.u32 $0, 0;", constraints="=r,r", args=[done],
-                                      dtype=tl.int32, is_pure=False, pack=1)
+            asm="{ .reg .u32 a; mov.u32 a, unweight_table; mad.lo.u32 a, $1, 16, a; "
+                "cp.async.cg.shared.global [a], [$2], 16; mov.u32 $0, 0; }",
+            constraints="=r,r,l", args=[k * ROWS * LANES + e, src + k * ROWS * LANES * 16], dtype=tl.int32,
+            is_pure=False, pack=1)
+    done |= tl.inline_asm_elementwise(asm="cp.async.commit_group;\n\tcp.async.wait_group 0;\n\tbar.sync 0;\n\t"
+                                      "mov.u32 $0, 0;", constraints="=r,r", args=[done], dtype=tl.int32,
+                                      is_pure=False, pack=1)
     return done
 
 
@@ -264,17 +239,17 @@ def _prefetch(ptr):
 
 
 @triton.jit
-def _merge(entry, raw_at, plane_stride, write, RAW_PLANES: tl.constexpr, MASKED: tl.constexpr):
-    """Reassemble the original bits from the table entry (symbol in bits 0..7) and the raw bytes."""
+def _merge(field, raw_at, plane_stride, write, RAW_PLANES: tl.constexpr, MASKED: tl.constexpr):
+    """Reassemble a weight's original bits from its symbol field (in bits 0..7) and its raw bytes."""
     # high 16 bits of the value: sign from raw bit 7, symbol in bits 7..14, raw bits 0..6 in place;
     # raw * 0x101 puts raw bit 7 at bit 15 while keeping bits 0..6: one bit-select merges them
     raw = _load(raw_at, write, MASKED).to(tl.int32)
     if RAW_PLANES == 1:
-        value = (((raw * 0x101) & 0x807F) | ((entry << 7) & 0x7F80)).to(tl.int16)
+        value = (((raw * 0x101) & 0x807F) | ((field << 7) & 0x7F80)).to(tl.int16)
     else:
         p1 = _load(raw_at + plane_stride, write, MASKED).to(tl.int32)
         p2 = _load(raw_at + 2 * plane_stride, write, MASKED).to(tl.int32)
-        high = ((p2 * 0x101) & 0x807F) | ((entry << 7) & 0x7F80)
+        high = ((p2 * 0x101) & 0x807F) | ((field << 7) & 0x7F80)
         value = (high << 16) | (p1 << 8) | raw
     return value
 
@@ -353,7 +328,7 @@ def _ring_ready(x, PENDING: tl.constexpr):
 
 
 @triton.jit
-def _next_entry(buf, room, word_at, window, active, word_row, word_limit, table_ptr, small, ROWS: tl.constexpr,
+def _next_entry(buf, room, word_at, window, active, word_row, word_limit, table_ptr, ROWS: tl.constexpr,
                 PREFIX: tl.constexpr, TABLE: tl.constexpr, MASKED: tl.constexpr, WINDOW: tl.constexpr):
     """One step of every row: refill the lanes that run low, then decode one symbol a lane.
 
@@ -363,7 +338,7 @@ def _next_entry(buf, room, word_at, window, active, word_row, word_limit, table_
     of the row's next word, and window the row's ring). Returns the new state and the
     table entry of the symbol. Without MASKED every lane of every row is active.
     """
-    need = room > WORD_BITS - MAX_CODE_LEN                 # [ROWS * LANES]: fewer than 12 bits left
+    need = room > WORD_BITS - MAX_CODE_LEN                 # [ROWS * LANES]: fewer than 13 bits left
     if MASKED:
         need = need & active                               # lanes past the end of a partial block
     need = need.to(tl.int32)
@@ -383,46 +358,55 @@ def _next_entry(buf, room, word_at, window, active, word_row, word_limit, table_
         fetch = (need != 0) & (slot < word_limit)          # never read past the block's words
         word = tl.load(word_row + slot, mask=fetch, other=0).to(tl.uint32)
         word_at += total
-    buf |= word << (room & 31).to(tl.uint32)               # word is 0 unless refilling (room 5..16)
-    entry = _lookup(buf, table_ptr, small, ROWS, TABLE)
-    length = entry >> 8
+    buf |= word << (room & 31).to(tl.uint32)               # word is 0 unless refilling (room 4..16)
+    entry = _lookup(buf, table_ptr, TABLE)
+    length = entry >> 16
     buf <<= length.to(tl.uint32)
     room += length - bits
     return buf, room, word_at, window, entry
 
 
 @triton.jit
-def _pair(e0, e1, raw2):
-    """Two neighbouring 16-bit weights as one int32 (the first in the low half), from their table
-    entries and raw2 = their two raw bytes (the first in bits 0..7): _merge for two at once."""
+def _pair(entry, raw2):
+    """The two 16-bit weights of a symbol as one int32 (the first in the low half), from its table
+    entry (fields in bits 0..7 and 8..15) and raw2 = their two raw bytes (the first in bits 0..7):
+    _merge for two at once."""
     spread = (raw2 & 0xFF) | ((raw2 & 0xFF00) << 8)       # raw bytes at bits 0..7 and 16..23
-    symbols = (e0 | (e1 << 16)) << 7                       # symbols at bits 7..14 and 23..30
-    return ((spread * 0x101) & -2139127681) | (symbols & 0x7F807F80)  # -2139127681: 0x807F807F
+    fields = ((entry & 0xFF) << 7) | ((entry & 0xFF00) << 15)  # fields at bits 7..14 and 23..30
+    return ((spread * 0x101) & -2139127681) | fields      # -2139127681: 0x807F807F
 
 
 @triton.jit
-def _store_run(e0, e1, e2, e3, raw, out_vec, write, GROUP: tl.constexpr):
-    """Merge the GROUP neighbouring weights of each lane's run (raw: their GROUP raw bytes, one int16 or
+def _store_run(e0, e1, raw, out_vec, write, GROUP: tl.constexpr):
+    """Merge the 2 * GROUP neighbouring weights of each lane's run (raw: their raw bytes, one int16 or
     int32 a lane) and store them with one access."""
-    if GROUP == 2:
-        tl.store(out_vec, _pair(e0, e1, raw.to(tl.int32) & 0xFFFF), mask=write)
+    if GROUP == 1:
+        tl.store(out_vec, _pair(e0, raw.to(tl.int32) & 0xFFFF), mask=write)
     else:
-        raw4 = raw
-        low = _pair(e0, e1, raw4 & 0xFFFF).to(tl.int64) & 0xFFFFFFFF
-        high = _pair(e2, e3, (raw4 >> 16) & 0xFFFF).to(tl.int64)
+        low = _pair(e0, raw & 0xFFFF).to(tl.int64) & 0xFFFFFFFF
+        high = _pair(e1, (raw >> 16) & 0xFFFF).to(tl.int64)
         tl.store(out_vec, low | (high << 32), mask=write)
 
 
 @triton.jit
-def _decode_whole(num_steps, lane, lane_at, is_row, raw_row, out_row, raw_vec, out_vec, words_ptr, word0, word_limit,
-                  plane_stride, table_ptr, small, last, ROWS: tl.constexpr, RAW_PLANES: tl.constexpr,
+def _store_pair(entry, raw_at, out_at, plane_stride, write, RAW_PLANES: tl.constexpr):
+    """Merge and store a symbol's two weights one at a time (fp32, or 16-bit weights not aligned for
+    one access a run)."""
+    tl.store(out_at, _merge(entry & 0xFF, raw_at, plane_stride, True, RAW_PLANES, False), mask=write)
+    tl.store(out_at + 1, _merge((entry >> 8) & 0xFF, raw_at + 1, plane_stride, True, RAW_PLANES, False), mask=write)
+
+
+@triton.jit
+def _decode_whole(num_steps, lane, is_row, raw_row, out_row, raw_vec, out_vec, words_ptr, word0, word_limit,
+                  plane_stride, table_ptr, last, ROWS: tl.constexpr, RAW_PLANES: tl.constexpr,
                   PREFIX: tl.constexpr, TABLE: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr,
                   WINDOW: tl.constexpr, GROUP: tl.constexpr, VECTOR: tl.constexpr, RING_DECL: tl.constexpr):
     """Every row a whole block, written whole: no masks. Each lane decodes runs of GROUP neighbouring
-    weights (the block layout, codec/lanes.py); lane_at = lane * GROUP, the lane's first weight.
-    With VECTOR (16-bit weights, GROUP 2 or 4) a run's raw bytes are one load and its weights one
-    store (raw_vec / out_vec point at the lane's first run in those units). Rows that are not
-    is_row decode a copy of another row and store nothing. The row's stream: words_ptr[word0:][:word_limit].
+    symbols (the block layout, codec/lanes.py), 2 * GROUP weights; raw_row and out_row point at the
+    block's first weight, `last` is its last weight's offset. With VECTOR (16-bit weights) a run's
+    raw bytes are one load and its weights one store (raw_vec / out_vec point at the lane's first run
+    in those units). Rows that are not is_row decode a copy of another row and store nothing. The
+    row's stream: words_ptr[word0:][:word_limit].
 
     With the ring, each iteration first stages one more chunk of the row's words if fewer than
     RING_AHEAD bytes are staged past its read position (an iteration reads at most UNROLL * 32 = 128
@@ -444,11 +428,10 @@ def _decode_whole(num_steps, lane, lane_at, is_row, raw_row, out_row, raw_vec, o
         window = ring
     else:
         buf, room, word_at, window = _initial_state(word_row, word_limit, ROWS, WINDOW)
+    lane_at = 2 * GROUP * lane                             # the lane's first weight in the block
     raw_at = raw_row + lane_at
     out_at = out_row + lane_at
-    e1 = word_at                                           # e1..e3: unused unless GROUP needs them
-    e2 = word_at
-    e3 = word_at
+    e1 = word_at                                           # unused unless GROUP is 2
     RUNS: tl.constexpr = UNROLL // GROUP                   # runs a lane decodes an iteration
     if VECTOR:
         # the raw bytes of an iteration's runs are loaded one iteration ahead (software pipelining):
@@ -459,8 +442,8 @@ def _decode_whole(num_steps, lane, lane_at, is_row, raw_row, out_row, raw_vec, o
             raw_b = tl.load(raw_vec + LANES)
     for t in tl.range(0, num_steps, UNROLL, loop_unroll_factor=2):  # two copies: no register move for raw_a
         if PREFETCH:
-            _prefetch_ahead(raw_row, plane_stride, t * LANES + lane_at, last, word_row, word_at, word_limit, RAW_PLANES,
-                            WINDOW != _WINDOW_RING)
+            _prefetch_ahead(raw_row, plane_stride, 2 * t * LANES + lane_at, last, word_row, word_at, word_limit,
+                            RAW_PLANES, WINDOW != _WINDOW_RING)
         if WINDOW == _WINDOW_RING:
             # one chunk an iteration keeps RING_AHEAD - CHUNK_BYTES staged ahead (an iteration reads at most
             # UNROLL * 32 words = CHUNK_BYTES); waiting for all but this iteration's copy leaves at least
@@ -471,69 +454,60 @@ def _decode_whole(num_steps, lane, lane_at, is_row, raw_row, out_row, raw_vec, o
                                  (staged < word_at + RING_AHEAD) & (staged < word_end))
             _ring_ready(staged, 1)
         if VECTOR:
-            more = lane_at * 0 + (t + UNROLL) < num_steps  # the next iteration's runs exist (a tensor mask)
+            more = lane * 0 + (t + UNROLL) < num_steps     # the next iteration's runs exist (a tensor mask)
             next_a = tl.load(raw_vec + RUNS * LANES, mask=more, other=0)
             next_b = next_a
             if RUNS == 2:
                 next_b = tl.load(raw_vec + (RUNS + 1) * LANES, mask=more, other=0)
-        for r in tl.static_range(RUNS):                    # run r of this iteration: weights r * GROUP * LANES + ...
+        for r in tl.static_range(RUNS):                    # run r of this iteration: weights 2 * r * GROUP * LANES + ...
             buf, room, word_at, window, e0 = _next_entry(buf, room, word_at, window, True, word_row, word_limit,
-                                                         table_ptr, small, ROWS, PREFIX, TABLE, False, WINDOW)
-            if GROUP >= 2:
+                                                         table_ptr, ROWS, PREFIX, TABLE, False, WINDOW)
+            if GROUP == 2:
                 buf, room, word_at, window, e1 = _next_entry(buf, room, word_at, window, True, word_row, word_limit,
-                                                             table_ptr, small, ROWS, PREFIX, TABLE, False, WINDOW)
-            if GROUP == 4:
-                buf, room, word_at, window, e2 = _next_entry(buf, room, word_at, window, True, word_row, word_limit,
-                                                             table_ptr, small, ROWS, PREFIX, TABLE, False, WINDOW)
-                buf, room, word_at, window, e3 = _next_entry(buf, room, word_at, window, True, word_row, word_limit,
-                                                             table_ptr, small, ROWS, PREFIX, TABLE, False, WINDOW)
+                                                             table_ptr, ROWS, PREFIX, TABLE, False, WINDOW)
             if VECTOR:
-                _store_run(e0, e1, e2, e3, raw_a if r == 0 else raw_b, out_vec + r * LANES, is_row, GROUP)
+                _store_run(e0, e1, raw_a if r == 0 else raw_b, out_vec + r * LANES, is_row, GROUP)
             else:
-                run = r * GROUP * LANES
-                tl.store(out_at + run, _merge(e0, raw_at + run, plane_stride, True, RAW_PLANES, False), mask=is_row)
-                if GROUP >= 2:
-                    tl.store(out_at + run + 1, _merge(e1, raw_at + run + 1, plane_stride, True, RAW_PLANES, False),
-                             mask=is_row)
-                if GROUP == 4:
-                    tl.store(out_at + run + 2, _merge(e2, raw_at + run + 2, plane_stride, True, RAW_PLANES, False),
-                             mask=is_row)
-                    tl.store(out_at + run + 3, _merge(e3, raw_at + run + 3, plane_stride, True, RAW_PLANES, False),
-                             mask=is_row)
+                run = 2 * r * GROUP * LANES
+                _store_pair(e0, raw_at + run, out_at + run, plane_stride, is_row, RAW_PLANES)
+                if GROUP == 2:
+                    _store_pair(e1, raw_at + run + 2, out_at + run + 2, plane_stride, is_row, RAW_PLANES)
         if VECTOR:
             raw_a = next_a
             raw_b = next_b
-        raw_at += UNROLL * LANES
-        out_at += UNROLL * LANES
+        raw_at += 2 * UNROLL * LANES
+        out_at += 2 * UNROLL * LANES
         raw_vec += RUNS * LANES
         out_vec += RUNS * LANES
 
 
 @triton.jit
 def _decode_partial(num_steps, lane, group_shift, run_mask, count, lo, span, raw_row, out_row, word_row, word_limit,
-                    plane_stride, table_ptr, small, ROWS: tl.constexpr, RAW_PLANES: tl.constexpr,
+                    plane_stride, table_ptr, ROWS: tl.constexpr, RAW_PLANES: tl.constexpr,
                     PREFIX: tl.constexpr, TABLE: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr,
                     WINDOW: tl.constexpr):
-    """Rows with a partial block or range: every step finds its weight from the block layout (the
-    row's group is 1 << group_shift = run_mask + 1) and decodes, stores and refills under masks
-    (with the window in registers where the whole blocks have the ring)."""
+    """Rows with a partial block or range: every step finds its symbol from the block layout (the
+    row's group is 1 << group_shift = run_mask + 1; `count` symbols) and decodes, stores its two weights
+    (those at offsets [lo, lo + span) of the block) and refills under masks (with the window in
+    registers where the whole blocks have the ring)."""
     W: tl.constexpr = _WINDOW_REGISTERS if WINDOW == _WINDOW_RING else WINDOW
     buf, room, word_at, window = _initial_state(word_row, word_limit, ROWS, W)
     lane_at = lane << group_shift
-    last = tl.maximum(count - 1, 0)
+    last = tl.maximum(2 * count - 1, 0)
     for t0 in range(0, num_steps, UNROLL):
         if PREFETCH:
-            _prefetch_ahead(raw_row, plane_stride, t0 * LANES + lane_at, last, word_row, word_at, word_limit,
+            _prefetch_ahead(raw_row, plane_stride, 2 * (t0 * LANES + lane_at), last, word_row, word_at, word_limit,
                             RAW_PLANES)
         for u in tl.static_range(UNROLL):
             t = t0 + u
-            at = ((t >> group_shift) << (group_shift + 5)) + lane_at + (t & run_mask)  # weight offset in the block
+            at = ((t >> group_shift) << (group_shift + 5)) + lane_at + (t & run_mask)  # symbol offset in the block
             buf, room, word_at, window, entry = _next_entry(buf, room, word_at, window, at < count, word_row,
-                                                            word_limit, table_ptr, small, ROWS, PREFIX, TABLE,
-                                                            True, W)
-            write = (at - lo).to(tl.uint32, bitcast=True) < span  # lo <= at < lo + span
-            value = _merge(entry, raw_row + at, plane_stride, write, RAW_PLANES, True)
-            tl.store(out_row + at, value, mask=write)
+                                                            word_limit, table_ptr, ROWS, PREFIX, TABLE, True, W)
+            for h in tl.static_range(2):
+                w = 2 * at + h                                     # weight offset in the block
+                write = (w - lo).to(tl.uint32, bitcast=True) < span  # lo <= w < lo + span
+                value = _merge((entry >> (8 * h)) & 0xFF, raw_row + w, plane_stride, write, RAW_PLANES, True)
+                tl.store(out_row + w, value, mask=write)
 
 
 @triton.jit
@@ -555,7 +529,7 @@ def _prefetch_ahead(raw_row, plane_stride, at, last, word_row, word_at, word_lim
     """Prefetch the raw bytes PREFETCH_STEPS steps after weight offset `at` and (WORDS) the words
     PREFETCH_WORDS ahead, clamped to the block (raw) and the row's stream (words): never an address
     outside the tensors."""
-    ahead = tl.minimum(at + PREFETCH_STEPS * LANES, last)
+    ahead = tl.minimum(at + 2 * PREFETCH_STEPS * LANES, last)
     for p in tl.static_range(RAW_PLANES):
         _prefetch(raw_row + p * plane_stride + ahead)
     if WORDS:
@@ -569,7 +543,7 @@ def _decode_rows(words_ptr, index_ptr, table_ptr, raw_ptr, out_ptr, numel_total,
                  GROUP: tl.constexpr, VECTOR: tl.constexpr, RING_DECL: tl.constexpr):
     """Decode blocks first_block + tile * ROWS + [0, ROWS), writing elements [start, stop).
 
-    words_ptr, table_ptr: *u16; raw_ptr: *u8; out_ptr: *i16 (16-bit weights) or *i32 (fp32).
+    words_ptr: *u16; table_ptr: *i32; raw_ptr: *u8; out_ptr: *i16 (16-bit weights) or *i32 (fp32).
     """
     # one element per lane of every row, row-major: thread j of warp r is lane j of row r
     e = tl.arange(0, ROWS * LANES)
@@ -578,11 +552,13 @@ def _decode_rows(words_ptr, index_ptr, table_ptr, raw_ptr, out_ptr, numel_total,
     is_row = rows < num_blocks                             # rows past the last block write nothing:
     # they follow the tile's first block (in step with the other rows) but write nothing
     block = (first_block + tl.where(is_row, rows, tile * ROWS)).to(tl.int64)
-    block_size = steps * LANES
-    elem0 = block * block_size                             # int64: first element of the block
-    count = tl.where(is_row, tl.minimum(numel_total - elem0, block_size), 0)
-    lo = tl.minimum(tl.maximum(start - elem0, 0), count)   # offsets [lo, hi) of the block are written
-    hi = tl.minimum(tl.maximum(stop - elem0, 0), count)
+    block_size = steps * LANES                             # symbols a block
+    sym0 = block * block_size                              # int64: first symbol of the block...
+    elem0 = 2 * sym0                                       # ...and its first weight
+    count = tl.where(is_row, tl.minimum((numel_total + 1) // 2 - sym0, block_size), 0)  # symbols of the block
+    weights = tl.where(is_row, tl.minimum(numel_total - elem0, 2 * block_size), 0)
+    lo = tl.minimum(tl.maximum(start - elem0, 0), weights)  # weights [lo, hi) of the block are written
+    hi = tl.minimum(tl.maximum(stop - elem0, 0), weights)
     span = (hi - lo).to(tl.int32)
     word0 = tl.load(index_ptr + block)
     word_limit = (tl.load(index_ptr + block + 1) - word0).to(tl.int32)
@@ -590,28 +566,25 @@ def _decode_rows(words_ptr, index_ptr, table_ptr, raw_ptr, out_ptr, numel_total,
     raw_row = raw_ptr + elem0
     out_row = out_ptr + (elem0 - start)                    # may point outside out: writes are masked
     plane_stride = numel_total.to(tl.int64)
-    if TABLE == _TABLE_SHUFFLE:
-        small = _small_table(table_ptr, ROWS)
-    elif TABLE == _TABLE_SHARED:
-        small = _shared_table(table_ptr, ROWS)
-    else:
-        small = 0  # unused
+    if TABLE == _TABLE_SHARED:
+        _shared_table(table_ptr, ROWS)
     # every row a whole block, written whole, in whole loop iterations: no masks needed (a whole
     # block of a tensor coded with GROUP has that group, since GROUP divides steps)
-    if (tl.reduce(tl.where(is_row, span, block_size), 0, _min) == block_size) & (steps % UNROLL == 0):
+    if (tl.reduce(tl.where(is_row, span, 2 * block_size), 0, _min) == 2 * block_size) & (steps % UNROLL == 0):
         if VECTOR:
-            # a run of GROUP 16-bit weights: GROUP raw bytes and 2 * GROUP output bytes, aligned
-            if GROUP == 2:
-                raw_vec = raw_ptr.to(tl.pointer_type(tl.int16)) + elem0 // 2 + lane
+            # a run of GROUP symbols, 2 * GROUP 16-bit weights: 2 * GROUP raw bytes and 4 * GROUP output bytes,
+            # aligned (DecodeItem.can_vector)
+            if GROUP == 1:
+                raw_vec = raw_ptr.to(tl.pointer_type(tl.int16)) + sym0 + lane
                 out_vec = out_ptr.to(tl.pointer_type(tl.int32)) + (elem0 - start) // 2 + lane
             else:
-                raw_vec = raw_ptr.to(tl.pointer_type(tl.int32)) + elem0 // 4 + lane
+                raw_vec = raw_ptr.to(tl.pointer_type(tl.int32)) + sym0 // 2 + lane
                 out_vec = out_ptr.to(tl.pointer_type(tl.int64)) + (elem0 - start) // 4 + lane
         else:
             raw_vec = raw_row   # unused
             out_vec = out_row   # unused
-        _decode_whole(steps, lane, lane * GROUP, is_row, raw_row, out_row, raw_vec, out_vec, words_ptr, word0, word_limit,
-                      plane_stride, table_ptr, small, block_size - 1, ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH,
+        _decode_whole(steps, lane, is_row, raw_row, out_row, raw_vec, out_vec, words_ptr, word0, word_limit,
+                      plane_stride, table_ptr, 2 * block_size - 1, ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH,
                       UNROLL, WINDOW, GROUP, VECTOR, RING_DECL)
     else:
         # a block whose length is not a multiple of GROUP * LANES has group 1 (codec/lanes.py)
@@ -619,10 +592,10 @@ def _decode_rows(words_ptr, index_ptr, table_ptr, raw_ptr, out_ptr, numel_total,
         group_shift = tl.where(grouped, GROUP.bit_length() - 1, 0).to(tl.int32)
         group = tl.where(grouped, GROUP, 1).to(tl.int64)
         # steps until every written weight is decoded: whole runs of the rows' groups
-        needed = (hi + group * LANES - 1) // (group * LANES) * group
+        needed = ((hi + 1) // 2 + group * LANES - 1) // (group * LANES) * group
         num_steps = tl.reduce(needed, 0, _max).to(tl.int32)
         _decode_partial(num_steps, lane, group_shift, group.to(tl.int32) - 1, count.to(tl.int32), lo.to(tl.int32),
-                        span.to(tl.uint32), raw_row, out_row, word_row, word_limit, plane_stride, table_ptr, small,
+                        span.to(tl.uint32), raw_row, out_row, word_row, word_limit, plane_stride, table_ptr,
                         ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL, WINDOW)
 
 
@@ -633,9 +606,8 @@ def _decode_lanes_kernel(words_ptr, index_ptr, table_ptr, raw_ptr, out_ptr, nume
                          UNROLL: tl.constexpr, WINDOW: tl.constexpr, GROUP: tl.constexpr, VECTOR: tl.constexpr,
                          RING_DECL: tl.constexpr):
     # words_ptr int16 [W] lane words; index_ptr int64 [blocks + 1] word offset of each block;
-    # table_ptr int16 [4096 + 64] (full table, then its 6-bit first level); raw_ptr uint8 [RAW_PLANES, numel_total];
-    # out_ptr int16/int32 [stop - start]
-    _decode_rows(words_ptr.to(tl.pointer_type(tl.uint16)), index_ptr, table_ptr.to(tl.pointer_type(tl.uint16)),
+    # table_ptr int32 [8192] decode table; raw_ptr uint8 [RAW_PLANES, numel_total]; out_ptr int16/int32 [stop - start]
+    _decode_rows(words_ptr.to(tl.pointer_type(tl.uint16)), index_ptr, table_ptr,
                  raw_ptr, out_ptr, numel_total, start, stop, first_block, num_blocks, steps, tl.program_id(0),
                  ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL, WINDOW, GROUP, VECTOR, RING_DECL)
 
@@ -666,7 +638,7 @@ def _decode_many_kernel(desc_ptr, num_items, ROWS: tl.constexpr, RAW_PLANES: tl.
         out_ptr = tl.load(d + F_OUT).to(tl.pointer_type(tl.int32))
     _decode_rows(tl.load(d + F_WORDS).to(tl.pointer_type(tl.uint16)),
                  tl.load(d + F_INDEX).to(tl.pointer_type(tl.int64)),
-                 tl.load(d + F_TABLE).to(tl.pointer_type(tl.uint16)), tl.load(d + F_RAW).to(tl.pointer_type(tl.uint8)),
+                 tl.load(d + F_TABLE).to(tl.pointer_type(tl.int32)), tl.load(d + F_RAW).to(tl.pointer_type(tl.uint8)),
                  out_ptr, tl.load(d + F_NUMEL), tl.load(d + F_START),
                  tl.load(d + F_STOP), tl.load(d + F_FIRST_BLOCK).to(tl.int32),
                  tl.load(d + F_NUM_BLOCKS).to(tl.int32), tl.load(d + F_STEPS).to(tl.int32),
@@ -694,7 +666,7 @@ class DecodeItem:
 
     words: torch.Tensor      # uint8 bytes of the uint16 lane words
     index: torch.Tensor      # uint8 bytes of the int64 block offsets
-    table: torch.Tensor      # int16[4096] decode table
+    table: torch.Tensor      # int32[8192] decode table (PackedTensor.decode_table)
     raw: torch.Tensor        # uint8 [planes * numel_total]
     out: torch.Tensor        # contiguous bf16/f16/f32 of the decoded range
     numel_total: int
@@ -715,9 +687,10 @@ class DecodeItem:
 
     def can_vector(self) -> bool:
         """Whether the kernel may read a run's raw bytes and write its weights with one access each:
-        16-bit weights in runs, the runs aligned in `raw` and `out` (a view at an odd offset is not)."""
-        return (self.group > 1 and floats.LAYOUTS[self.dtype].raw_planes == 1 and self.raw.data_ptr() % self.group == 0
-                and (self.out.data_ptr() - 2 * self.start) % (2 * self.group) == 0)
+        16-bit weights, the runs (2 * group weights) aligned in `raw` and `out` (a view at an odd offset is not)."""
+        run = 2 * self.group
+        return (floats.LAYOUTS[self.dtype].raw_planes == 1 and self.raw.data_ptr() % run == 0
+                and (self.out.data_ptr() - 2 * self.start) % (2 * run) == 0)
 
     def can_ring(self) -> bool:
         """Whether the kernel may stage the words in shared memory (WINDOW_RING): it copies them 8 bytes
@@ -727,7 +700,7 @@ class DecodeItem:
     def pieces(self) -> list["DecodeItem"]:
         """The item as up to three items: a partial first block, the whole blocks, a partial last block
         (the whole blocks then decode without masks, in tiles of their own)."""
-        block_size = _LANES * self.steps
+        block_size = 2 * _LANES * self.steps                # weights a block
         start, stop = self.start, self.start + self.out.numel()
         whole_start = min(-(-start // block_size) * block_size, stop)
         whole_stop = max(stop // block_size * block_size, whole_start)
@@ -737,9 +710,7 @@ class DecodeItem:
 
     def blocks(self) -> tuple[int, int]:
         """(first block, number of blocks) that hold the decoded range."""
-        block_size = _LANES * self.steps
-        first = self.start // block_size
-        return first, -(-(self.start + self.out.numel()) // block_size) - first
+        return lanes.blocks_of(self.start, self.start + self.out.numel(), self.steps)
 
 
 def launch_decode(item: DecodeItem, config: DecodeConfig | None = None) -> None:
@@ -784,9 +755,12 @@ class _KernelShape:
         table = config.table if config.table != TABLE_SHARED or config.prefix == PREFIX_BALLOT else TABLE_GLOBAL
         ring_ok = self.ring and self.vector and config.vector and config.prefix == PREFIX_BALLOT
         window = config.window if config.window != WINDOW_RING or ring_ok else WINDOW_REGISTERS
+        vector = self.vector and config.vector
+        # steps an iteration: whole runs, at most two of them with runs read a loop iteration ahead
+        unroll = min(max(config.unroll, self.group), 2 * self.group if vector else 4)
         return dict(ROWS=config.rows, RAW_PLANES=self.raw_planes, PREFIX=config.prefix, TABLE=table,
-                    PREFETCH=config.prefetch, UNROLL=max(config.unroll, self.group), WINDOW=window,
-                    GROUP=self.group, VECTOR=self.vector and config.vector, num_warps=config.num_warps,
+                    PREFETCH=config.prefetch, UNROLL=unroll, WINDOW=window,
+                    GROUP=self.group, VECTOR=vector, num_warps=config.num_warps,
                     RING_DECL=ring_declaration(config.rows) if window == WINDOW_RING else "")
 
 
@@ -894,10 +868,10 @@ def _check_args(words, index, table, raw, out, numel_total, steps, dtype, start,
     if steps < 1 or numel_total < 0 or not 0 <= start <= start + out.numel() <= numel_total:
         raise UnweightError(f"decode_lanes: elements [{start}, {start + out.numel()}) are not inside a tensor of "
                             f"{numel_total} elements (steps={steps})")
-    num_blocks = -(-numel_total // (_LANES * steps))
+    num_blocks = lanes.num_blocks(numel_total, steps)
     expected = {"words": (words, torch.uint8, None), "index": (index, torch.uint8, 8 * (num_blocks + 1)),
                 "raw": (raw, torch.uint8, layout.raw_planes * numel_total),
-                "table": (table, torch.int16, TABLE_SIZE + PREFIX_ENTRIES)}
+                "table": (table, torch.int32, TABLE_SIZE)}
     for name, (t, want_dtype, want_numel) in expected.items():
         if t.dtype != want_dtype or t.dim() != 1 or not t.is_contiguous():
             raise UnweightError(f"decode_lanes: {name} must be a contiguous 1-D {want_dtype} tensor, got "
