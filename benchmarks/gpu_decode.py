@@ -228,9 +228,9 @@ class Bench:
 
 def variant_name(cfg) -> str:
     prefix = "ballot" if cfg.prefix == 1 else "scan"
-    table = {0: "global", 1: "shuffle", 2: "prefix", 3: "shared"}[cfg.table]
+    table = {0: "global", 1: "shared"}[cfg.table]
     window = {0: "", 1: "/win", 2: "/ring"}[cfg.window]
-    scalar = "" if cfg.vector else "/scalar"
+    scalar = ("" if cfg.vector else "/scalar") + ("/ra2" if cfg.raw_ahead == 2 else "")
     return (f"{prefix}/{table}/r{cfg.rows}w{cfg.num_warps}/u{cfg.unroll}{window}{scalar}/"
             f"{'pf' if cfg.prefetch else 'nopf'}")
 
@@ -303,20 +303,21 @@ def measure_copy(bench: Bench) -> None:
 def sweep_configs(kd, quick: bool) -> list:
     """Kernel variants, the default first. The ballot prefix needs rows == num_warps."""
     c = kd.DecodeConfig
-    ballot, scan, glob, shuf = kd.PREFIX_BALLOT, kd.PREFIX_SCAN, kd.TABLE_GLOBAL, kd.TABLE_SHUFFLE
-    prefix = kd.TABLE_PREFIX
+    ballot, scan, glob = kd.PREFIX_BALLOT, kd.PREFIX_SCAN, kd.TABLE_GLOBAL
     configs = [kd.DEFAULT_CONFIG]
     # warps a program: a flat tile of rows * 32 lanes on as many warps keeps lane j on hardware lane j
-    # (the ballot needs it); 1-warp programs are capped at 32 resident per SM (half the warps)
+    # (the ballot needs it); 1-warp programs are capped at 32 resident per SM (half the warps); the shared
+    # table and the rings of 16 rows do not fit a block's static shared memory
     shared, ring, registers, load = kd.TABLE_SHARED, kd.WINDOW_RING, kd.WINDOW_REGISTERS, kd.WINDOW_LOAD
-    for rows in (4, 2, 8, 1, 16):
-        for table in (shared, glob, prefix):
+    for rows in (4, 2, 8, 1):
+        for table in (shared, glob):
             configs.append(c(rows, rows, ballot, table, True, 4, window=ring))
+    configs.append(c(16, 16, ballot, glob, True, 4, window=ring))
     # one change from the default each (the scan prefix reads the table from global memory, the words from registers)
-    configs += [c(rows, rows, ballot, shared, True, 4, window=window) for rows in (16, 4, 1)
+    configs += [c(rows, rows, ballot, shared, True, 4, window=window) for rows in (16, 8, 4)
                 for window in (registers, load)]
-    configs += [c(4, 4, ballot, shuf, True, 4), c(16, 16, ballot, shared, True, 2),
-                c(16, 16, ballot, shared, False, 4), c(16, 16, ballot, shared, True, 4, vector=False),
+    configs += [c(8, 8, ballot, shared, True, 2), c(8, 8, ballot, shared, False, 4),
+                c(8, 8, ballot, shared, True, 4, vector=False),
                 c(16, 16, scan, glob, True, 4, window=registers), c(4, 4, scan, glob, True, 4, window=registers)]
     unique = list(dict.fromkeys(configs))
     return unique[:4] if quick else unique
@@ -659,15 +660,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--budget-s", type=float, default=360.0, help="stop sweeping variants after this many seconds")
     p.add_argument("--main-steps", type=int, default=None,
                    help="steps of the main tensor, on which every kernel variant is timed (default: what "
-                        "compress picks for its size, 512)")
-    p.add_argument("--steps-sweep", type=int, nargs="*", default=[256, 512],
+                        "compress picks, 256)")
+    p.add_argument("--steps-sweep", type=int, nargs="*", default=[128, 512],
                    help="other values of steps to encode the main tensor with (best two variants each)")
-    p.add_argument("--layer-steps", type=int, nargs="*", default=[0, 256],
+    p.add_argument("--layer-steps", type=int, nargs="*", default=[0, 512],
                    help="other values of steps to time the whole 8B layer with (batched launch and matmuls); "
                         "0: each matrix at the steps compress picks for its size")
-    p.add_argument("--group-sweep", type=int, nargs="*", default=[1, 4],
+    p.add_argument("--group-sweep", type=int, nargs="*", default=[1],
                    help="also decode the main tensor coded with these groups (runs of neighbours a lane)")
-    p.add_argument("--minilm-steps", type=int, nargs="*", default=[512, 256, 128],
+    p.add_argument("--minilm-steps", type=int, nargs="*", default=[512, 320, 128],
                    help="also decode the bf16 MiniLM weights coded with these steps (shorter lanes: more "
                         "parallelism, bigger files)")
     p.add_argument("--skip", nargs="*", default=[], choices=["layer", "layer-steps", "dtypes", "minilm"],

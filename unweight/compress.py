@@ -8,6 +8,7 @@ go on beside them; the constants below bound the memory this takes.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import shutil
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .codec import floats, lanes
+from .codec import floats, huffman, lanes
 from .codec.tensor import TASK_BYTES, Pending, TensorEncoder, TensorJob, TensorPlan, TensorSource, choose_steps
 from .errors import DestinationError, UnweightError
 from .format.output_dir import atomic_directory
@@ -315,17 +316,12 @@ def _record(entry: TensorEntry, plan: TensorPlan, sha256: str, shard: str, spans
     return TensorRecord(
         name=entry.name, dtype=entry.dtype, shape=list(entry.shape), sha256=sha256,
         encoding=plan.encoding, shard=shard, spans=spans, steps=plan.steps, group=plan.group,
-        entropy_bits=round(plan.entropy_bits, 6), code=_code_hex(plan.code_lengths))
+        entropy_bits=round(plan.entropy_bits, 6), code=_code_text(plan.code_lengths))
 
 
-def _code_hex(lengths: np.ndarray | None) -> str:
-    """The code as the manifest stores it: (symbol uint16 LE, length uint8) per coded symbol, hex."""
-    if lengths is None:
-        return ""
-    used = np.flatnonzero(lengths)
-    entries = np.zeros(used.size, dtype=[("symbol", "<u2"), ("length", "u1")])
-    entries["symbol"], entries["length"] = used, lengths[used]
-    return entries.tobytes().hex()
+def _code_text(lengths: np.ndarray | None) -> str:
+    """The code as the manifest stores it: huffman.describe, base64."""
+    return base64.b64encode(huffman.describe(lengths)).decode() if lengths is not None else ""
 
 
 def _stats(entry: TensorEntry, plan: TensorPlan) -> TensorStats:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import numpy as np
@@ -138,19 +139,14 @@ def load(path: str | Path, device="cpu", backend: str | None = None) -> dict[str
 
 
 def _code_lengths(rec: TensorRecord, where: str) -> np.ndarray:
-    """The code lengths of every symbol value from the manifest's (symbol, length) entries."""
+    """The code lengths of every symbol value from the manifest's description of the code."""
     try:
-        data = bytes.fromhex(rec.code) if isinstance(rec.code, str) else None
+        data = base64.b64decode(rec.code, validate=True) if isinstance(rec.code, str) else None
     except ValueError as e:
-        raise CorruptDataError(f"{where}: its code is not hex ({e})") from e
-    if data is None or len(data) % 3 or not data:
-        raise CorruptDataError(f"{where}: its code is not a list of (symbol, length) entries of 3 bytes")
-    entries = np.frombuffer(data, dtype=[("symbol", "<u2"), ("length", "u1")])
-    if np.any(np.diff(entries["symbol"].astype(np.int64)) <= 0) or np.any(entries["length"] == 0):
-        raise CorruptDataError(f"{where}: its code lists symbols out of order, twice or with length 0")
-    lengths = np.zeros(huffman.NUM_SYMBOLS, dtype=np.uint8)
-    lengths[entries["symbol"]] = entries["length"]
-    return lengths
+        raise CorruptDataError(f"{where}: its code is not base64 ({e})") from e
+    if data is None:
+        raise CorruptDataError(f"{where}: its code is not a string")
+    return huffman.lengths_from_description(data, where)
 
 
 def _check_streams(p: PackedTensor, where: str) -> None:

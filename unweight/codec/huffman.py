@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+import zstandard
 
 from ..errors import CorruptDataError
 
@@ -117,6 +118,35 @@ def check_lengths(lengths: np.ndarray, where: str) -> None:
     n = lengths[lengths > 0].astype(np.int64)
     if int((np.int64(1) << (MAX_CODE_LEN - n)).sum()) > TABLE_SIZE:
         raise CorruptDataError(f"{where}: code lengths over-subscribe the code space (Kraft sum > 1)")
+
+
+def describe(lengths: np.ndarray) -> bytes:
+    """The code in a few bytes, as the manifest stores it: zstd of three planes over the coded symbols
+    in increasing order: the low bytes of each symbol's distance from the one before (from 0), their
+    high bytes, the lengths (a tensor's pairs are a few hundred close values, which zstd packs tightly)."""
+    used = np.flatnonzero(lengths)
+    gaps = np.diff(used, prepend=0).astype("<u2").view(np.uint8).reshape(-1, 2)
+    planes = np.concatenate([gaps[:, 0], gaps[:, 1], lengths[used].astype(np.uint8)])
+    return zstandard.ZstdCompressor(level=19).compress(planes.tobytes())
+
+
+def lengths_from_description(data: bytes, where: str) -> np.ndarray:
+    """The code lengths (uint8[NUM_SYMBOLS]) that `describe` wrote; CorruptDataError for anything else."""
+    try:
+        planes = zstandard.ZstdDecompressor().decompress(data, max_output_size=3 * NUM_SYMBOLS)
+    except zstandard.ZstdError as e:
+        raise CorruptDataError(f"{where}: its code does not decompress ({e})") from e
+    if len(planes) % 3 or not planes:
+        raise CorruptDataError(f"{where}: its code holds {len(planes)} bytes, not three planes of one per symbol")
+    k = len(planes) // 3
+    raw = np.frombuffer(planes, dtype=np.uint8)
+    used = np.cumsum(raw[:k].astype(np.int64) | (raw[k : 2 * k].astype(np.int64) << 8))
+    if used[-1] >= NUM_SYMBOLS or np.any(np.diff(used) <= 0) or np.any(raw[2 * k :] == 0):
+        raise CorruptDataError(f"{where}: its code lists symbols out of order, twice, past {NUM_SYMBOLS - 1} "
+                               f"or with length 0")
+    lengths = np.zeros(NUM_SYMBOLS, dtype=np.uint8)
+    lengths[used] = raw[2 * k :]
+    return lengths
 
 
 def decode_table(lengths: np.ndarray) -> np.ndarray:

@@ -84,7 +84,7 @@ class Code:
         self.hist = hist
         self.lengths = huffman.code_lengths(hist)
         self.codes = huffman.canonical_codes(self.lengths)
-        self.entropy_bits = huffman.entropy_bits(hist)
+        self.entropy_bits = huffman.entropy_bits(hist) / 2  # a weight: half a symbol
         self._table: np.ndarray | None = None
         self._on_device: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 

@@ -40,8 +40,7 @@ class TensorRecord:
     spans: dict[str, list[int]]     # role -> [begin, end) in the shard tensor of that role
     steps: int = 0                  # lanes encoding: steps a block
     group: int = 1                  # lanes encoding: neighbouring weights a lane holds in a run
-    code: str = ""                  # lanes encoding: the code, hex of (symbol uint16 LE, length uint8) per
-                                    # coded symbol, by increasing symbol
+    code: str = ""                  # lanes encoding: the code (codec/huffman.py, describe), base64
     entropy_bits: float = 0.0       # lanes encoding: exponent-symbol entropy, bits a weight
 
     @property

@@ -80,6 +80,7 @@ _WINDOW_RING = tl.constexpr(WINDOW_RING)
 _PREFIX_BALLOT = tl.constexpr(PREFIX_BALLOT)
 _TABLE_SHARED = tl.constexpr(TABLE_SHARED)
 TABLE_BYTES = tl.constexpr(_TABLE_BYTES)
+TABLE_DECL = tl.constexpr(f".shared .align 16 .b8 unweight_table[{_TABLE_BYTES}];\n\tmov.u32 $0, 0;")
 
 
 @dataclass(frozen=True)
@@ -217,8 +218,8 @@ def _shared_table(table_ptr, ROWS: tl.constexpr):
     a thread at a time, then wait and a barrier. One element a thread: the ballot tile."""
     e = tl.arange(0, ROWS * LANES)
     src = table_ptr.to(tl.pointer_type(tl.int8)) + e * 16
-    done = tl.inline_asm_elementwise(asm=f".shared .align 16 .b8 unweight_table[{_TABLE_BYTES}];\n\tmov.u32 $0, 0;",
-                                     constraints="=r,r", args=[e], dtype=tl.int32, is_pure=False, pack=1)
+    done = tl.inline_asm_elementwise(asm=TABLE_DECL, constraints="=r,r", args=[e], dtype=tl.int32, is_pure=False,
+                                     pack=1)
     for k in tl.static_range(TABLE_BYTES // (ROWS * LANES * 16)):
         done |= tl.inline_asm_elementwise(
             asm="{ .reg .u32 a; mov.u32 a, unweight_table; mad.lo.u32 a, $1, 16, a; "
@@ -442,8 +443,10 @@ def _decode_whole(num_steps, lane, is_row, raw_row, out_row, raw_vec, out_vec, w
             raw_b = tl.load(raw_vec + LANES)
     for t in tl.range(0, num_steps, UNROLL, loop_unroll_factor=2):  # two copies: no register move for raw_a
         if PREFETCH:
-            _prefetch_ahead(raw_row, plane_stride, 2 * t * LANES + lane_at, last, word_row, word_at, word_limit,
-                            RAW_PLANES, WINDOW != _WINDOW_RING)
+            # each run of the iteration its own lines (a lane's run is a line's 32nd part)
+            for r in tl.static_range(UNROLL // GROUP):
+                _prefetch_ahead(raw_row, plane_stride, 2 * (t + r * GROUP) * LANES + lane_at, last, word_row, word_at,
+                                word_limit, RAW_PLANES, (r == 0) & (WINDOW != _WINDOW_RING))
         if WINDOW == _WINDOW_RING:
             # one chunk an iteration keeps RING_AHEAD - CHUNK_BYTES staged ahead (an iteration reads at most
             # UNROLL * 32 words = CHUNK_BYTES); waiting for all but this iteration's copy leaves at least
