@@ -13,10 +13,12 @@ Layout of one coded tensor of n weights (all the GPU decoder needs, see kernels/
     lane      a lane's codes are concatenated MSB-first into 16-bit words.
     stream    the words of a block, in the order a lockstep decoder asks for them:
               at step t every active lane j with fewer than MAX_CODE_LEN bits buffered
-              takes one word; lanes that do so at the same step take consecutive words,
-              in lane order. So a lane's read position is base + exclusive prefix sum
-              of the "needs a word" flags, and the block stream has no padding beyond
-              each lane's last, partly used word.
+              takes one word, except in the lane's last EXACT_STEPS steps, where it takes
+              one only if its next code is longer than the bits it holds (the decoder looks
+              the code up before it refills there): a lane then ends in its last, partly used
+              word instead of words taken ahead for codes that never come. Lanes that take a
+              word at the same step take consecutive words, in lane order. So a lane's read
+              position is base + exclusive prefix sum of the "needs a word" flags.
     index     int64[num_blocks + 1]: word offset of each block's stream.
 
 The decoder keeps a 32-bit buffer per lane, MSB-aligned: peek the top 13 bits, look
@@ -35,6 +37,7 @@ LANES = 32  # lanes a block decodes in lockstep; a warp of threads on the GPU
 WORD_BITS = 16
 GROUPS = (1, 2)  # neighbouring symbols a lane holds in a run (see the layout above)
 MAX_STEPS = 1 << 16  # longest lanes written and read (bounds the coders' per-block scratch)
+EXACT_STEPS = 4      # a lane's last steps, where it takes a word only for a code it does not hold
 
 
 class UncodedSymbolError(ValueError):
@@ -59,9 +62,10 @@ def _pack_lane(values, first, num, stride, aligned, lengths, words, steps_of, ba
     """Pack one lane's codes (of values[first], values[first + stride], ...) MSB-first into words[base:].
 
     Follows the decoder's refill rule on the way (a lane with fewer than MAX_CODE_LEN bits buffered
-    takes its next word) and records in steps_of[base + w] the step at which the decoder takes word w
-    (the index, in the lane, of the symbol it takes it for). Returns the number of words taken:
-    words past the last code bits are zero.
+    takes its next word; in its last EXACT_STEPS steps, one with fewer bits than its next code) and
+    records in steps_of[base + w] the step at which the decoder takes word w (the index, in the lane,
+    of the symbol it takes it for). Returns the number of words taken: words past the last code bits
+    are zero.
     Branch-free, so that the lane's state stays in registers.
     """
     acc = U32(0)        # bits not yet written out, MSB-aligned (at most 15 + MAX_CODE_LEN)
@@ -70,14 +74,17 @@ def _pack_lane(values, first, num, stride, aligned, lengths, words, steps_of, ba
     taken = U64(base)   # words the decoder has taken
     missing = U32(0)
     i = U64(first)
+    exact = num - EXACT_STEPS   # the first step of the lane's exact tail
     for k in range(num):
-        # the decoder takes a word whenever it holds fewer than MAX_CODE_LEN bits, so by this step it
-        # has taken ceil((bits before this symbol + MAX_CODE_LEN) / 16) words: if that is one more
-        # than before, word `taken` is taken now (else steps_of[taken] is written again later)
-        steps_of[taken] = U32(k)
-        taken = done + U64((fill + U32(MAX_CODE_LEN + WORD_BITS - 1)) >> U32(4))
+        # the decoder takes a word whenever it holds fewer than MAX_CODE_LEN bits (in the tail: fewer than
+        # this code's), so by this step it has taken ceil((bits before this symbol + that) / 16) words, or
+        # as many as before: if that is one more than before, word `taken` is taken now (else
+        # steps_of[taken] is written again later)
         s = U64(values[i])
         n = lengths[s]
+        steps_of[taken] = U32(k)
+        want = U32(MAX_CODE_LEN) if k < exact else n
+        taken = max(taken, done + U64((fill + want + U32(WORD_BITS - 1)) >> U32(4)))
         missing |= U32(n == U32(0))
         acc |= aligned[s] >> fill
         fill += n
@@ -209,9 +216,10 @@ def encode(values: np.ndarray, codes: np.ndarray, lengths: np.ndarray, steps: in
 @numba.njit(cache=True, nogil=True)
 def _count_words(values, lengths, steps, group, counts):
     """counts[b] = the words block b encodes to (what _encode_block returns), from the code lengths
-    alone. The decoder has taken ceil((bits before symbol k + MAX_CODE_LEN) / 16) words of a lane by
-    step k (see _pack_lane), so a lane of codes of n_0 .. n_last bits takes
-    ceil((n_0 + ... + n_last - n_last + MAX_CODE_LEN) / 16) words."""
+    alone. Before its exact tail, the decoder has taken ceil((bits before symbol k + MAX_CODE_LEN) / 16)
+    words of a lane by step k (see _pack_lane), and in the tail no more than its codes need, so a lane
+    of m codes of n_0 .. n_(m-1) bits takes the larger of ceil((n_0 + ... + n_(m-1)) / 16) and, with
+    t = m - EXACT_STEPS - 1 >= 0, ceil((n_0 + ... + n_(t-1) + MAX_CODE_LEN) / 16) words."""
     block_size = LANES * steps
     coded = np.empty(LANES, dtype=np.uint64)  # bits of each lane's codes
     for b in range(counts.size):
@@ -246,13 +254,21 @@ def _count_words(values, lengths, steps, group, counts):
         words = U64(0)
         for lane in range(min(LANES, count)):
             bits = coded[lane]
-            if g == 1:
-                last = start + lane + (count - lane - 1) // LANES * LANES  # the lane's last symbol
-            else:
-                last = start + count - row + lane * g + g - 1
-            n_last = U64(lengths[U64(values[U64(last)])])
-            words += (bits - n_last + U64(MAX_CODE_LEN + WORD_BITS - 1)) >> U64(4)
+            num = (count - lane + LANES - 1) // LANES             # the lane's symbols
+            lane_words = (bits + U64(WORD_BITS - 1)) >> U64(4)
+            if num > EXACT_STEPS:
+                tail = U64(0)                                     # bits of the lane's last EXACT_STEPS + 1 codes
+                for k in range(num - EXACT_STEPS - 1, num):
+                    tail += U64(lengths[U64(values[U64(start + _lane_symbol(k, lane, g))])])
+                lane_words = max(lane_words, (bits - tail + U64(MAX_CODE_LEN + WORD_BITS - 1)) >> U64(4))
+            words += lane_words
         counts[b] = words
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _lane_symbol(k, lane, g):
+    """Where in its block lane `lane`'s k-th symbol is (the block's group g, see the layout above)."""
+    return k // g * g * LANES + lane * g + k % g
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -301,7 +317,9 @@ def _decode_block_into(words, begin, end, table, raw, plane, block_start, count,
     for step in range(-(-count // LANES)):
         row = block_start + step // g * g * LANES + step % g   # lane 0's symbol of this step
         for lane in range(min(LANES, count - step * LANES)):
-            if nbits[lane] < MAX_CODE_LEN:
+            entry = table[buf[lane] >> np.uint32(32 - MAX_CODE_LEN)]  # in the exact tail: whether to refill
+            exact = step >= (count - lane + LANES - 1) // LANES - EXACT_STEPS
+            if nbits[lane] < (entry >> 16 if exact else MAX_CODE_LEN):
                 if pos >= end:
                     return 1
                 buf[lane] |= np.uint32(words[pos]) << np.uint32(16 - nbits[lane])
@@ -347,10 +365,12 @@ def _decode_whole_block(words, begin, end, table, raw, plane, block_start, steps
     bad = U32(0)
     for step in range(steps):
         i = U64(2) * (U64(block_start) + U64(step) // g * g * U64(LANES) + U64(step) % g)  # lane 0's first weight
+        exact = step >= steps - EXACT_STEPS
         for lane in range(LANES):
             j = U64(lane)
             b, nb = buf[j], nbits[j]
-            if nb < U32(MAX_CODE_LEN):
+            want = table[U64(b >> U32(32 - MAX_CODE_LEN))] >> U32(16) if exact else U32(MAX_CODE_LEN)
+            if nb < want:
                 b |= U32(words[min(pos, last)]) << (U32(WORD_BITS) - nb)  # a truncated stream reads its last word
                 nb += U32(WORD_BITS)
                 pos += U64(1)

@@ -6,8 +6,9 @@ over lanes or steps:
 
     place     its block, lane and step from the block layout (runs of `group` neighbours)
     offset    its code's first bit in its lane: a prefix sum of code lengths in lane order
-    taken     the decoder holds ceil((offset + MAX_CODE_LEN) / 16) words of the lane by its step,
-              so the lane takes a word at that step when that count grows (0 or 1 word a step)
+    taken     the decoder holds ceil((offset + MAX_CODE_LEN) / 16) words of the lane by its step
+              (in the lane's exact tail: as many as before the tail, or ceil((offset + bits) / 16)
+              if more), so the lane takes a word at that step when that count grows (0 or 1 a step)
     stream    words stand in the order the lockstep decoder takes them (by step, then by lane):
               a prefix sum of the `taken` flags in that order gives each word its place
     bits      a code touches at most two 16-bit words of its lane: two scatter-adds (the bits of
@@ -19,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from .huffman import MAX_CODE_LEN
-from .lanes import LANES, WORD_BITS, UncodedSymbolError, check_group
+from .lanes import EXACT_STEPS, LANES, WORD_BITS, UncodedSymbolError, check_group
 
 CHUNK_SYMBOLS = 1 << 24  # symbols coded per pass (whole blocks): bounds the int64 intermediates (~1.5 GB)
 
@@ -94,8 +95,17 @@ class _Placement:
         bit_end = torch.cumsum(bits_lane_major, 0)
         lane_bit_start = (bit_end - bits_lane_major)[lane_start.clamp(max=max(n - 1, 0))]
         self.offset = (bit_end - bits_lane_major)[in_lane] - lane_bit_start[lane_id]  # first bit in the lane
-        # words of the lane the decoder holds by this step, and whether it takes one at this step
-        self.held = (self.offset + MAX_CODE_LEN + WORD_BITS - 1) // WORD_BITS
+        # words of the lane the decoder holds by this step, and whether it takes one at this step; in the
+        # lane's exact tail, only as many as its codes need, and no fewer than it held before the tail
+        held = (self.offset + MAX_CODE_LEN + WORD_BITS - 1) // WORD_BITS
+        held_lane_major = torch.zeros(n, dtype=torch.int64, device=device).index_copy_(0, in_lane, held)
+        num = lane_symbols[lane_id]
+        before_tail = lane_start + lane_symbols - EXACT_STEPS - 1  # the lane's last step before its tail
+        held_before_tail = torch.where(lane_symbols > EXACT_STEPS,
+                                       held_lane_major[before_tail.clamp(min=0, max=max(n - 1, 0))], 0)
+        exact = step >= num - EXACT_STEPS
+        own = (self.offset + self.bits + WORD_BITS - 1) // WORD_BITS
+        self.held = torch.where(exact, torch.maximum(own, held_before_tail[lane_id]), held)
         held_lane_major = torch.zeros(n, dtype=torch.int64, device=device).index_copy_(0, in_lane, self.held)
         before = torch.cat([torch.zeros(1, dtype=torch.int64, device=device), held_lane_major[:-1]])
         before[lane_start[lane_symbols > 0]] = 0               # a lane's first step holds no word before it

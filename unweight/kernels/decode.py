@@ -44,6 +44,7 @@ from ..codec.huffman import MAX_CODE_LEN as _MAX_CODE_LEN
 from ..codec.huffman import TABLE_SIZE
 from ..codec.lanes import GROUPS as _GROUPS
 from ..codec.lanes import LANES as _LANES
+from ..codec.lanes import EXACT_STEPS as _EXACT_STEPS
 from ..codec.lanes import WORD_BITS as _WORD_BITS
 from ..errors import UnweightError
 
@@ -76,6 +77,9 @@ WINDOW_REGISTERS = 1  # the row's next 32 words, loaded a step ahead, one a lane
 WINDOW_RING = 2     # a ring of the row's words in shared memory, staged hundreds of words ahead by cp.async
                     # (inline PTX, CUDA only; needs the ballot's tile, 8-byte aligned words and vector runs)
 _WINDOW_REGISTERS = tl.constexpr(WINDOW_REGISTERS)
+# Whether a step is in the lanes' exact tail (codec/lanes.py): no lane, every lane, lanes given by a flag.
+_EXACT_NONE, _EXACT_ALL, _EXACT_LANES = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
+EXACT_STEPS = tl.constexpr(_EXACT_STEPS)
 _WINDOW_RING = tl.constexpr(WINDOW_RING)
 _PREFIX_BALLOT = tl.constexpr(PREFIX_BALLOT)
 _TABLE_SHARED = tl.constexpr(TABLE_SHARED)
@@ -329,17 +333,28 @@ def _ring_ready(x, PENDING: tl.constexpr):
 
 
 @triton.jit
-def _next_entry(buf, room, word_at, window, active, word_row, word_limit, table_ptr, ROWS: tl.constexpr,
-                PREFIX: tl.constexpr, TABLE: tl.constexpr, MASKED: tl.constexpr, WINDOW: tl.constexpr):
+def _next_entry(buf, room, word_at, window, active, exact, word_row, word_limit, table_ptr, ROWS: tl.constexpr,
+                PREFIX: tl.constexpr, TABLE: tl.constexpr, MASKED: tl.constexpr, WINDOW: tl.constexpr,
+                EXACT: tl.constexpr):
     """One step of every row: refill the lanes that run low, then decode one symbol a lane.
 
     State per lane: buf (uint32, MSB-aligned bits), room = 16 - buffered bits (the shift that puts
     the next word right after them), word_at = words the row has taken + the lane's index in the row
     (the word of the row's window the lane loads; with the ring: the byte offset in the tensor's words
     of the row's next word, and window the row's ring). Returns the new state and the
-    table entry of the symbol. Without MASKED every lane of every row is active.
+    table entry of the symbol. Without MASKED every lane of every row is active. EXACT: whether this step
+    is in the lanes' exact tail (codec/lanes.py): _EXACT_NONE, _EXACT_ALL, or _EXACT_LANES where `exact`.
     """
     need = room > WORD_BITS - MAX_CODE_LEN                 # [ROWS * LANES]: fewer than 13 bits left
+    if EXACT != _EXACT_NONE:
+        # in a lane's exact tail it takes a word only for a code longer than the bits it holds: the code
+        # is looked up first (bits past those held are 0; the entry's length exceeds them exactly when the
+        # code's does)
+        short = ((_lookup(buf, table_ptr, TABLE) >> 16) + room) > WORD_BITS
+        if EXACT == _EXACT_ALL:
+            need = short
+        else:
+            need = tl.where(exact, short, need)
     if MASKED:
         need = need & active                               # lanes past the end of a partial block
     need = need.to(tl.int32)
@@ -432,7 +447,6 @@ def _decode_whole(num_steps, lane, is_row, raw_row, out_row, raw_vec, out_vec, w
     lane_at = 2 * GROUP * lane                             # the lane's first weight in the block
     raw_at = raw_row + lane_at
     out_at = out_row + lane_at
-    e1 = word_at                                           # unused unless GROUP is 2
     RUNS: tl.constexpr = UNROLL // GROUP                   # runs a lane decodes an iteration
     if VECTOR:
         # the raw bytes of an iteration's runs are loaded one iteration ahead (software pipelining):
@@ -441,47 +455,73 @@ def _decode_whole(num_steps, lane, is_row, raw_row, out_row, raw_vec, out_vec, w
         raw_b = raw_a                                      # run 1: only with 2 runs an iteration
         if RUNS == 2:
             raw_b = tl.load(raw_vec + LANES)
-    for t in tl.range(0, num_steps, UNROLL, loop_unroll_factor=2):  # two copies: no register move for raw_a
-        if PREFETCH:
-            # each run of the iteration its own lines (a lane's run is a line's 32nd part)
-            for r in tl.static_range(UNROLL // GROUP):
-                _prefetch_ahead(raw_row, plane_stride, 2 * (t + r * GROUP) * LANES + lane_at, last, word_row, word_at,
-                                word_limit, RAW_PLANES, (r == 0) & (WINDOW != _WINDOW_RING))
-        if WINDOW == _WINDOW_RING:
-            # one chunk an iteration keeps RING_AHEAD - CHUNK_BYTES staged ahead (an iteration reads at most
-            # UNROLL * 32 words = CHUNK_BYTES); waiting for all but this iteration's copy leaves at least
-            # RING_AHEAD - 2 * CHUNK_BYTES = CHUNK_BYTES ready; the ring's bytes it overwrites were read
-            # before this iteration, by lanes that the barrier holds back until then
-            _ring_barrier(staged)
-            staged = _ring_stage(window, words_bytes, staged, lane, word_end,
-                                 (staged < word_at + RING_AHEAD) & (staged < word_end))
-            _ring_ready(staged, 1)
+    else:
+        raw_a = word_at                                    # unused
+        raw_b = word_at
+    if WINDOW != _WINDOW_RING:
+        staged = word_at                                   # unused
+        words_bytes = word_row
+        word_end = word_limit
+    tail = num_steps - EXACT_STEPS                         # the lanes' exact tail (codec/lanes.py)
+    for t in tl.range(0, tail, UNROLL, loop_unroll_factor=2):  # two copies: no register move for raw_a
+        buf, room, word_at, window, staged, raw_a, raw_b, raw_at, out_at, raw_vec, out_vec = _iteration(
+            t, num_steps, buf, room, word_at, window, staged, raw_a, raw_b, raw_at, out_at, raw_vec, out_vec, lane,
+            lane_at, is_row, raw_row, last, word_row, word_limit, words_bytes, word_end, plane_stride, table_ptr,
+            ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL, WINDOW, GROUP, VECTOR, False)
+    for k in tl.static_range(EXACT_STEPS // UNROLL):
+        buf, room, word_at, window, staged, raw_a, raw_b, raw_at, out_at, raw_vec, out_vec = _iteration(
+            tail + k * UNROLL, num_steps, buf, room, word_at, window, staged, raw_a, raw_b, raw_at, out_at, raw_vec,
+            out_vec, lane, lane_at, is_row, raw_row, last, word_row, word_limit, words_bytes, word_end, plane_stride,
+            table_ptr, ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL, WINDOW, GROUP, VECTOR, True)
+
+
+@triton.jit
+def _iteration(t, num_steps, buf, room, word_at, window, staged, raw_a, raw_b, raw_at, out_at, raw_vec, out_vec, lane,
+               lane_at, is_row, raw_row, last, word_row, word_limit, words_bytes, word_end, plane_stride, table_ptr,
+               ROWS: tl.constexpr, RAW_PLANES: tl.constexpr, PREFIX: tl.constexpr, TABLE: tl.constexpr,
+               PREFETCH: tl.constexpr, UNROLL: tl.constexpr, WINDOW: tl.constexpr, GROUP: tl.constexpr,
+               VECTOR: tl.constexpr, EXACT: tl.constexpr):
+    """Steps [t, t + UNROLL) of _decode_whole's rows (EXACT: steps of the lanes' exact tail); the new state."""
+    RUNS: tl.constexpr = UNROLL // GROUP                   # runs a lane decodes an iteration
+    if PREFETCH:
+        # each run of the iteration its own lines (a lane's run is a line's 32nd part)
+        for r in tl.static_range(RUNS):
+            _prefetch_ahead(raw_row, plane_stride, 2 * (t + r * GROUP) * LANES + lane_at, last, word_row, word_at,
+                            word_limit, RAW_PLANES, (r == 0) & (WINDOW != _WINDOW_RING))
+    if WINDOW == _WINDOW_RING:
+        # one chunk an iteration keeps RING_AHEAD - CHUNK_BYTES staged ahead (an iteration reads at most
+        # UNROLL * 32 words = CHUNK_BYTES); waiting for all but this iteration's copy leaves at least
+        # RING_AHEAD - 2 * CHUNK_BYTES = CHUNK_BYTES ready; the ring's bytes it overwrites were read
+        # before this iteration, by lanes that the barrier holds back until then
+        _ring_barrier(staged)
+        staged = _ring_stage(window, words_bytes, staged, lane, word_end,
+                             (staged < word_at + RING_AHEAD) & (staged < word_end))
+        _ring_ready(staged, 1)
+    next_a = raw_a
+    next_b = raw_b
+    if VECTOR:
+        more = lane * 0 + (t + UNROLL) < num_steps         # the next iteration's runs exist (a tensor mask)
+        next_a = tl.load(raw_vec + RUNS * LANES, mask=more, other=0)
+        next_b = next_a
+        if RUNS == 2:
+            next_b = tl.load(raw_vec + (RUNS + 1) * LANES, mask=more, other=0)
+    e1 = room                                              # unused unless GROUP is 2
+    mode: tl.constexpr = _EXACT_ALL if EXACT else _EXACT_NONE
+    for r in tl.static_range(RUNS):                        # run r of this iteration: weights 2 * r * GROUP * LANES + ...
+        buf, room, word_at, window, e0 = _next_entry(buf, room, word_at, window, True, True, word_row, word_limit,
+                                                     table_ptr, ROWS, PREFIX, TABLE, False, WINDOW, mode)
+        if GROUP == 2:
+            buf, room, word_at, window, e1 = _next_entry(buf, room, word_at, window, True, True, word_row, word_limit,
+                                                         table_ptr, ROWS, PREFIX, TABLE, False, WINDOW, mode)
         if VECTOR:
-            more = lane * 0 + (t + UNROLL) < num_steps     # the next iteration's runs exist (a tensor mask)
-            next_a = tl.load(raw_vec + RUNS * LANES, mask=more, other=0)
-            next_b = next_a
-            if RUNS == 2:
-                next_b = tl.load(raw_vec + (RUNS + 1) * LANES, mask=more, other=0)
-        for r in tl.static_range(RUNS):                    # run r of this iteration: weights 2 * r * GROUP * LANES + ...
-            buf, room, word_at, window, e0 = _next_entry(buf, room, word_at, window, True, word_row, word_limit,
-                                                         table_ptr, ROWS, PREFIX, TABLE, False, WINDOW)
+            _store_run(e0, e1, raw_a if r == 0 else raw_b, out_vec + r * LANES, is_row, GROUP)
+        else:
+            run = 2 * r * GROUP * LANES
+            _store_pair(e0, raw_at + run, out_at + run, plane_stride, is_row, RAW_PLANES)
             if GROUP == 2:
-                buf, room, word_at, window, e1 = _next_entry(buf, room, word_at, window, True, word_row, word_limit,
-                                                             table_ptr, ROWS, PREFIX, TABLE, False, WINDOW)
-            if VECTOR:
-                _store_run(e0, e1, raw_a if r == 0 else raw_b, out_vec + r * LANES, is_row, GROUP)
-            else:
-                run = 2 * r * GROUP * LANES
-                _store_pair(e0, raw_at + run, out_at + run, plane_stride, is_row, RAW_PLANES)
-                if GROUP == 2:
-                    _store_pair(e1, raw_at + run + 2, out_at + run + 2, plane_stride, is_row, RAW_PLANES)
-        if VECTOR:
-            raw_a = next_a
-            raw_b = next_b
-        raw_at += 2 * UNROLL * LANES
-        out_at += 2 * UNROLL * LANES
-        raw_vec += RUNS * LANES
-        out_vec += RUNS * LANES
+                _store_pair(e1, raw_at + run + 2, out_at + run + 2, plane_stride, is_row, RAW_PLANES)
+    return (buf, room, word_at, window, staged, next_a, next_b, raw_at + 2 * UNROLL * LANES,
+            out_at + 2 * UNROLL * LANES, raw_vec + RUNS * LANES, out_vec + RUNS * LANES)
 
 
 @triton.jit
@@ -497,6 +537,7 @@ def _decode_partial(num_steps, lane, group_shift, run_mask, count, lo, span, raw
     buf, room, word_at, window = _initial_state(word_row, word_limit, ROWS, W)
     lane_at = lane << group_shift
     last = tl.maximum(2 * count - 1, 0)
+    tail = (count - lane + LANES - 1) // LANES - EXACT_STEPS  # the lane's exact tail: its last steps
     for t0 in range(0, num_steps, UNROLL):
         if PREFETCH:
             _prefetch_ahead(raw_row, plane_stride, 2 * (t0 * LANES + lane_at), last, word_row, word_at, word_limit,
@@ -504,8 +545,9 @@ def _decode_partial(num_steps, lane, group_shift, run_mask, count, lo, span, raw
         for u in tl.static_range(UNROLL):
             t = t0 + u
             at = ((t >> group_shift) << (group_shift + 5)) + lane_at + (t & run_mask)  # symbol offset in the block
-            buf, room, word_at, window, entry = _next_entry(buf, room, word_at, window, at < count, word_row,
-                                                            word_limit, table_ptr, ROWS, PREFIX, TABLE, True, W)
+            buf, room, word_at, window, entry = _next_entry(buf, room, word_at, window, at < count, t >= tail,
+                                                            word_row, word_limit, table_ptr, ROWS, PREFIX, TABLE,
+                                                            True, W, _EXACT_LANES)
             for h in tl.static_range(2):
                 w = 2 * at + h                                     # weight offset in the block
                 write = (w - lo).to(tl.uint32, bitcast=True) < span  # lo <= w < lo + span
@@ -573,7 +615,8 @@ def _decode_rows(words_ptr, index_ptr, table_ptr, raw_ptr, out_ptr, numel_total,
         _shared_table(table_ptr, ROWS)
     # every row a whole block, written whole, in whole loop iterations: no masks needed (a whole
     # block of a tensor coded with GROUP has that group, since GROUP divides steps)
-    if (tl.reduce(tl.where(is_row, span, 2 * block_size), 0, _min) == 2 * block_size) & (steps % UNROLL == 0):
+    if ((tl.reduce(tl.where(is_row, span, 2 * block_size), 0, _min) == 2 * block_size) & (steps % UNROLL == 0)
+            & (steps >= EXACT_STEPS)):
         if VECTOR:
             # a run of GROUP symbols, 2 * GROUP 16-bit weights: 2 * GROUP raw bytes and 4 * GROUP output bytes,
             # aligned (DecodeItem.can_vector)
