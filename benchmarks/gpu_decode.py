@@ -230,7 +230,7 @@ def variant_name(cfg) -> str:
     prefix = "ballot" if cfg.prefix == 1 else "scan"
     table = {0: "global", 1: "shared"}[cfg.table]
     window = {0: "", 1: "/win", 2: "/ring"}[cfg.window]
-    scalar = ("" if cfg.vector else "/scalar") + ("/ra2" if cfg.raw_ahead == 2 else "")
+    scalar = "" if cfg.vector else "/scalar"
     return (f"{prefix}/{table}/r{cfg.rows}w{cfg.num_warps}/u{cfg.unroll}{window}{scalar}/"
             f"{'pf' if cfg.prefetch else 'nopf'}")
 
