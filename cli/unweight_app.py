@@ -41,9 +41,9 @@ def compress(
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip decoding each tensor back.")] = False,
     shard_size: Annotated[int, typer.Option(help="Largest shard, in MiB.")] = 2048,
     steps: Annotated[Optional[int], typer.Option(
-        help="Weights a lane decodes per block, / 32 (default: 1024, or 512 from 32M weights). Fewer decode "
-             "faster on a GPU and pack looser: 256 decodes an 8B layer 1.06x faster for +0.23% of the bytes "
-             "(BENCHMARKS.md, \"GPU decode\").")] = None,
+        help="Symbols (weight pairs) a lane decodes per block (default: 256). Fewer decode faster on a GPU "
+             "where tensors are few and small, and pack looser: a lane's end costs ~8 bits (BENCHMARKS.md, "
+             "\"GPU decode\").")] = None,
     device: Annotated[Optional[str], typer.Option(
         help="Code the words on this torch device (e.g. cuda), each chunk checked there; the output is the "
              "same, byte for byte. Default: the CPU.")] = None,

@@ -132,38 +132,34 @@ def test_hub_repo_id_from_local_cache(checkpoint, tmp_path, monkeypatch):
     verify(tmp_path / "packed", against=checkpoint)
 
 
-def test_version_1_checkpoints_are_still_read(checkpoint, tmp_path):
-    """Format version 1 had no runs (every tensor group 1): such a checkpoint loads and verifies."""
-    unweight.compress(checkpoint, tmp_path / "packed", steps=9)  # 9: no run length divides it, group 1
-    path = tmp_path / "packed" / "unweight.json"
-    manifest = json.loads(path.read_text())
-    assert manifest["format_version"] == 2
-    assert {t["group"] for t in manifest["tensors"].values()} == {1}
-    manifest["format_version"] = 1
-    for record in manifest["tensors"].values():
-        del record["group"]
-    path.write_text(json.dumps(manifest))
-    assert_same_tensors(unweight.load(tmp_path / "packed"), load_file(checkpoint / "model.safetensors"))
-    report = verify(tmp_path / "packed", against=checkpoint)
-    assert report.checked == len(load_file(checkpoint / "model.safetensors")) and not report.mismatches
-
-
-def test_group_fields_are_checked(checkpoint, tmp_path):
+@pytest.mark.parametrize("version", [1, 2])
+def test_checkpoints_of_single_exponent_codes_are_refused_with_a_way_out(checkpoint, tmp_path, version):
+    """Versions 1 and 2 coded single exponents, which this decoder does not read: one error says to
+    re-compress, before any tensor is touched."""
     unweight.compress(checkpoint, tmp_path / "packed")
     path = tmp_path / "packed" / "unweight.json"
     manifest = json.loads(path.read_text())
-    assert {t["group"] for t in manifest["tensors"].values() if t["encoding"] == "lanes"} >= {4}
-    name = next(n for n, t in manifest["tensors"].items() if t["group"] == 4)
-    bad = json.loads(json.dumps(manifest))
-    bad["format_version"] = 1  # a version-1 manifest cannot have runs
-    path.write_text(json.dumps(bad))
-    with pytest.raises(FormatError, match="version-1 manifest with version-2 fields"):
+    assert manifest["format_version"] == 3
+    manifest["format_version"] = version
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(FormatError, match=f"format version {version} .*re-compress the source"):
         unweight.load(tmp_path / "packed")
-    bad = json.loads(json.dumps(manifest))
-    bad["tensors"][name]["group"] = 3
-    path.write_text(json.dumps(bad))
-    with pytest.raises(CorruptDataError, match="invalid group 3"):
-        unweight.load(tmp_path / "packed")
+
+
+def test_group_and_code_fields_are_checked(checkpoint, tmp_path):
+    unweight.compress(checkpoint, tmp_path / "packed")
+    path = tmp_path / "packed" / "unweight.json"
+    manifest = json.loads(path.read_text())
+    assert {t["group"] for t in manifest["tensors"].values() if t["encoding"] == "lanes"} >= {2}
+    name = next(n for n, t in manifest["tensors"].items() if t["group"] == 2)
+    for field, value, error, message in (("group", 4, CorruptDataError, "invalid group 4"),
+                                         ("code", "not base64!", CorruptDataError, "its code is not base64"),
+                                         ("code", "AAAA", CorruptDataError, "its code does not decompress")):
+        bad = json.loads(json.dumps(manifest))
+        bad["tensors"][name][field] = value
+        path.write_text(json.dumps(bad))
+        with pytest.raises(error, match=message):
+            unweight.load(tmp_path / "packed")
 
 
 def test_compress_on_a_torch_device_writes_the_same_bytes(checkpoint, tmp_path):

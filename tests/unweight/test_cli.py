@@ -214,7 +214,7 @@ def test_compress_steps_option(checkpoint, tmp_path, cli):
     assert result.returncode == 0, result.stderr
     records = json.loads((tmp_path / "p" / "unweight.json").read_text())["tensors"].values()
     assert {r["steps"] for r in records if r["encoding"] == "lanes"} == {8}
-    assert {r["group"] for r in records if r["encoding"] == "lanes" and r["dtype"] != "F32"} == {4}
+    assert {r["group"] for r in records if r["encoding"] == "lanes" and r["dtype"] != "F32"} == {2}
     assert cli("verify", tmp_path / "p", "--against", checkpoint).returncode == 0
     assert_clean_error(cli("compress", checkpoint, "-o", tmp_path / "q", "--steps", "0"),
                        "steps must be between 1 and 65536, got 0")

@@ -21,7 +21,8 @@ from .safetensors_file import DTYPE_SIZES, MAX_HEADER_BYTES
 MANIFEST_NAME = "unweight.json"
 FORMAT_NAME = "unweight-packed"
 FORMAT_VERSION = 3          # written; 3: symbols are exponent pairs (codec/huffman.py), codes up to 14 bits
-READ_VERSIONS = (3,)        # read: versions 1 and 2 coded single exponents, which this decoder does not read
+READ_VERSIONS = (3,)        # read
+OLD_VERSIONS = (1, 2)       # refused with their own message: they coded single exponents
 MAX_MANIFEST_BYTES = 256 * 1024 * 1024
 ENCODINGS = ("lanes", "zstd", "raw")
 STREAM_ROLES = {"lanes": ("words", "index", "raw"), "zstd": ("data",), "raw": ("data",)}
@@ -128,6 +129,10 @@ def _check_version(path: Path, body) -> None:
         raise FormatError(f"{path}: not an unweight manifest (format field is "
                           f"{body.get('format') if isinstance(body, dict) else None!r}, expected {FORMAT_NAME!r})")
     version = body.get("format_version")
+    if version in OLD_VERSIONS and not isinstance(version, bool):
+        raise FormatError(f"{path}: format version {version} codes single exponents, which this unweight does not "
+                          f"read (it writes and reads version {FORMAT_VERSION}, codes of exponent pairs); "
+                          f"re-compress the source with `unweight compress`")
     if version not in READ_VERSIONS or isinstance(version, bool):
         raise FormatError(f"{path}: format version {version!r} is not supported by this unweight "
                           f"(reads versions {', '.join(map(str, READ_VERSIONS))}); upgrade unweight or re-compress "
