@@ -165,19 +165,20 @@ def test_kernel_variants_agree(config):
 @pytest.mark.parametrize("group", [1, 2])
 @pytest.mark.parametrize("dtype", ["BF16", "F32"])
 def test_every_group_decodes_whole_blocks_and_ranges(group, dtype):
-    """Lanes holding runs of `group` neighbouring symbols (2 * group weights): whole blocks of 16-bit
-    weights in aligned buffers take the vector path (one raw load and one store a run), the rest the
-    per-weight stores; a last, partial block (group 1 in the format) and ranges inside blocks the
-    masked path."""
+    """Lanes holding runs of `group` neighbouring symbols (2 * group weights): whole blocks in aligned
+    buffers take the vector path (16-bit weights: one raw load and one store a run; fp32: one load a
+    raw plane and one store a symbol), the rest the per-weight stores; a last, partial block (group 1 in
+    the format) and ranges inside blocks the masked path."""
     block = 2 * 32 * 8                                     # weights a block at steps 8
     t = (torch.randn(block * 3 + 40, generator=torch.Generator().manual_seed(9)) * 0.02).to(DTYPES[dtype])
     p = pack(t, steps=8, group=group)
     assert p.group == group
     config = decode.DecodeConfig(rows=2, num_warps=2, prefix=decode.PREFIX_SCAN, prefetch=False)
     for start, stop, margin in ((0, t.numel(), 0), (0, block * 2, 8), (128, block * 2, 8), (37, 601, 3)):
-        aligned = (margin - start) % (2 * group) == 0
+        # 16-bit runs: 2 * group weights an access; fp32: a symbol's two weights (8 bytes) a store
+        aligned = (margin - start) % (2 * group if dtype == "BF16" else 2) == 0
         buf = poisoned(stop - start, t.dtype, margin)
-        assert item(p, buf[margin : margin + stop - start], start).can_vector() == (dtype == "BF16" and aligned)
+        assert item(p, buf[margin : margin + stop - start], start).can_vector() == aligned
         assert torch.equal(bits(decode_range(p, start, stop, config, margin)), bits(t[start:stop]))
 
 

@@ -405,6 +405,21 @@ def _store_run(e0, e1, raw, out_vec, write, GROUP: tl.constexpr):
 
 
 @triton.jit
+def _store_pair32(entry, raw_at, out_at, plane_stride, write):
+    """Merge and store a symbol's two fp32 weights with one access: each raw plane's two bytes one load,
+    both weights one 8-byte store (aligned: DecodeItem.can_vector)."""
+    p0 = tl.load(raw_at.to(tl.pointer_type(tl.int16))).to(tl.int32)
+    p1 = tl.load((raw_at + plane_stride).to(tl.pointer_type(tl.int16))).to(tl.int32)
+    p2 = tl.load((raw_at + 2 * plane_stride).to(tl.pointer_type(tl.int16))).to(tl.int32)
+    spread = (p2 & 0xFF) | ((p2 & 0xFF00) << 8)           # plane 2's bytes at bits 0..7 and 16..23
+    high = ((spread * 0x101) & -2139127681) | ((entry & 0xFF) << 7) | ((entry & 0xFF00) << 15)  # _pair's halves
+    first = ((high & 0xFFFF) << 16) | ((p1 & 0xFF) << 8) | (p0 & 0xFF)
+    second = (high & -65536) | (p1 & 0xFF00) | ((p0 >> 8) & 0xFF)
+    value = (first.to(tl.int64) & 0xFFFFFFFF) | (second.to(tl.int64) << 32)
+    tl.store(out_at.to(tl.pointer_type(tl.int64)), value, mask=write)
+
+
+@triton.jit
 def _store_pair(entry, raw_at, out_at, plane_stride, write, RAW_PLANES: tl.constexpr):
     """Merge and store a symbol's two weights one at a time (fp32, or 16-bit weights not aligned for
     one access a run)."""
@@ -448,7 +463,7 @@ def _decode_whole(num_steps, lane, is_row, raw_row, out_row, raw_vec, out_vec, w
     raw_at = raw_row + lane_at
     out_at = out_row + lane_at
     RUNS: tl.constexpr = UNROLL // GROUP                   # runs a lane decodes an iteration
-    if VECTOR:
+    if VECTOR and RAW_PLANES == 1:
         # the raw bytes of an iteration's runs are loaded one iteration ahead (software pipelining):
         # their latency hides behind a whole iteration's steps instead of stalling its merge
         raw_a = tl.load(raw_vec)
@@ -499,7 +514,7 @@ def _iteration(t, num_steps, buf, room, word_at, window, staged, raw_a, raw_b, r
         _ring_ready(staged, 1)
     next_a = raw_a
     next_b = raw_b
-    if VECTOR:
+    if VECTOR and RAW_PLANES == 1:
         more = lane * 0 + (t + UNROLL) < num_steps         # the next iteration's runs exist (a tensor mask)
         next_a = tl.load(raw_vec + RUNS * LANES, mask=more, other=0)
         next_b = next_a
@@ -513,8 +528,13 @@ def _iteration(t, num_steps, buf, room, word_at, window, staged, raw_a, raw_b, r
         if GROUP == 2:
             buf, room, word_at, window, e1 = _next_entry(buf, room, word_at, window, True, True, word_row, word_limit,
                                                          table_ptr, ROWS, PREFIX, TABLE, False, WINDOW, mode)
-        if VECTOR:
+        if VECTOR and RAW_PLANES == 1:
             _store_run(e0, e1, raw_a if r == 0 else raw_b, out_vec + r * LANES, is_row, GROUP)
+        elif VECTOR:
+            run = 2 * r * GROUP * LANES
+            _store_pair32(e0, raw_at + run, out_at + run, plane_stride, is_row)
+            if GROUP == 2:
+                _store_pair32(e1, raw_at + run + 2, out_at + run + 2, plane_stride, is_row)
         else:
             run = 2 * r * GROUP * LANES
             _store_pair(e0, raw_at + run, out_at + run, plane_stride, is_row, RAW_PLANES)
@@ -617,7 +637,7 @@ def _decode_rows(words_ptr, index_ptr, table_ptr, raw_ptr, out_ptr, numel_total,
     # block of a tensor coded with GROUP has that group, since GROUP divides steps)
     if ((tl.reduce(tl.where(is_row, span, 2 * block_size), 0, _min) == 2 * block_size) & (steps % UNROLL == 0)
             & (steps >= EXACT_STEPS)):
-        if VECTOR:
+        if VECTOR and RAW_PLANES == 1:
             # a run of GROUP symbols, 2 * GROUP 16-bit weights: 2 * GROUP raw bytes and 4 * GROUP output bytes,
             # aligned (DecodeItem.can_vector)
             if GROUP == 1:
@@ -733,10 +753,13 @@ class DecodeItem:
 
     def can_vector(self) -> bool:
         """Whether the kernel may read a run's raw bytes and write its weights with one access each:
-        16-bit weights, the runs (2 * group weights) aligned in `raw` and `out` (a view at an odd offset is not)."""
+        16-bit weights, the runs (2 * group weights) aligned in `raw` and `out` (a view at an odd offset
+        is not); fp32, a symbol's two weights (each raw plane's two bytes one load, both weights one store)."""
+        if floats.LAYOUTS[self.dtype].raw_planes == 3:
+            return (self.raw.data_ptr() % 2 == 0 and self.numel_total % 2 == 0
+                    and (self.out.data_ptr() - 4 * self.start) % 8 == 0)
         run = 2 * self.group
-        return (floats.LAYOUTS[self.dtype].raw_planes == 1 and self.raw.data_ptr() % run == 0
-                and (self.out.data_ptr() - 2 * self.start) % (2 * run) == 0)
+        return self.raw.data_ptr() % run == 0 and (self.out.data_ptr() - 2 * self.start) % (2 * run) == 0
 
     def can_ring(self) -> bool:
         """Whether the kernel may stage the words in shared memory (WINDOW_RING): it copies them 8 bytes
@@ -799,7 +822,8 @@ class _KernelShape:
         # the shared table and the ring need the ballot's tile (one lane a thread); the ring serves runs read
         # and written with one access (on an H100, fp32 weights one at a time decode 1.4x slower with it)
         table = config.table if config.table != TABLE_SHARED or config.prefix == PREFIX_BALLOT else TABLE_GLOBAL
-        ring_ok = self.ring and self.vector and config.vector and config.prefix == PREFIX_BALLOT
+        ring_ok = (self.ring and self.vector and config.vector and config.prefix == PREFIX_BALLOT
+                   and self.raw_planes == 1)
         window = config.window if config.window != WINDOW_RING or ring_ok else WINDOW_REGISTERS
         vector = self.vector and config.vector
         # steps an iteration: whole runs, at most two of them with runs read a loop iteration ahead
