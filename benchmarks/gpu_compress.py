@@ -5,7 +5,7 @@
     python benchmarks/gpu_compress.py --quick                               # tiny inputs, no GPU needed
 
 What it measures:
-  1. coding one tensor (the 67M-weight bf16 tensor of gpu_decode.py, steps 512, runs of 4): the CPU
+  1. coding one tensor (the 67M-weight bf16 tensor of gpu_decode.py, steps 256, runs of 2): the CPU
      coder (`lanes.encode`, one thread, as each of compress's worker threads runs it) and the torch
      coder on the device, with its words and index compared bit for bit;
   2. `unweight.compress` of an N-layer Llama-3.1-8B-shaped checkpoint (random bf16, two shards), on

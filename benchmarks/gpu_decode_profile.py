@@ -4,7 +4,7 @@ Run under Nsight Compute to see what limits the kernel (stall reasons, occupancy
 
     ncu --clock-control none -k regex:decode_lanes --launch-skip 2 --launch-count 1 \\
         --section SpeedOfLight --section Occupancy --section WarpStateStats --section MemoryWorkloadAnalysis \\
-        python benchmarks/gpu_decode_profile.py --steps 512 --group 4
+        python benchmarks/gpu_decode_profile.py --steps 256 --group 2
 
 With --packed DIR it launches instead the plan the library builds for every coded tensor of a packed
 checkpoint (kernel `_decode_many_kernel`: `-k regex:decode_many`), e.g. the packed MiniLM demo model.
@@ -26,7 +26,7 @@ from unweight.kernels import decode as kd  # noqa: E402
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=512)
+    p.add_argument("--steps", type=int, default=256)
     p.add_argument("--group", type=int, default=0, help="runs of neighbours a lane (0: what compress picks)")
     p.add_argument("--table", type=int, default=kd.DEFAULT_CONFIG.table)
     p.add_argument("--launches", type=int, default=4)
