@@ -149,15 +149,16 @@ def main(argv: list[str] | None = None) -> int:
     section = Section(
         TITLE, command_line(), results_table(results),
         baseline=f"zstd level {ZSTD_LEVEL} (python-zstandard {zstandard.__version__}, one thread) on the same "
-                 ".safetensors files, and the per-tensor entropy bound of this codec family (exponent "
-                 "entropy of each tensor + its raw sign/mantissa bits), both from the same run",
+                 ".safetensors files, and the per-tensor entropy bound of this codec family (the entropy of "
+                 "each tensor's exponent pairs, per weight, + its raw sign/mantissa bits), both from the same run",
         notes=["Percentages are packed bytes (shards + manifest, verification on) over the bytes of the "
                "original .safetensors files (headers included); other files of the checkpoint (tokenizer, "
                "config) are copied and counted in neither. The bound counts tensors that are not coded "
                "floats at the size they are stored. The gap to the bound splits into the tensor streams (code "
                "lengths above the entropy, block index, the last partly used word of each lane) and the "
-               "container (the JSON manifest, with the code lengths and a SHA-256 of each tensor, and the "
-               "shard headers)."])
+               "container (the JSON manifest, with the code and a SHA-256 of each tensor, and the shard "
+               "headers). Format 2, which coded single exponents, packed these checkpoints into 66.73%, "
+               "66.78% and 83.39% (the same table before the change, same machine)."])
     publish(args, section, {"checkpoints": [r.to_dict() for r in results]})
     return 0
 
