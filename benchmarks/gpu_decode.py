@@ -117,7 +117,7 @@ class Case:
     steps: int
     original: torch.Tensor          # on the device
     streams: dict                   # role -> uint8 tensor on the device
-    table: torch.Tensor             # int16[4096] on the device
+    table: torch.Tensor             # int32[8192] decode table on the device
     reference: torch.Tensor         # CPU reference decoder's output, on the device
     encode_s: float
     reference_ok: bool

@@ -92,7 +92,8 @@ class DecodeConfig:
     """Tunables of the decode kernel; benchmarks/gpu_decode.py sweeps them on the target GPU."""
 
     # defaults: the fastest variant on an H100 (BENCHMARKS.md, "GPU decode")
-    rows: int = 8            # blocks a program decodes at once (the shared table and 16 rings fill 48 KiB)
+    rows: int = 8            # blocks a program decodes at once (the shared table and the rings of 16 rows would
+                             # not fit a block's 48 KiB of static shared memory)
     num_warps: int = 8       # warps a program; rows / num_warps blocks per thread (1 with the ballot prefix)
     prefix: int = PREFIX_BALLOT
     table: int = TABLE_SHARED  # the 32 KiB table in shared memory
@@ -101,7 +102,7 @@ class DecodeConfig:
                              # the tensor's group
     window: int = WINDOW_RING  # where refill words come from (WINDOW_*): the ring keeps global loads off the
                                # step's chain
-    vector: bool = True      # 16-bit weights in runs (group 2, 4): one raw load and one store a run
+    vector: bool = True      # a run's raw bytes one load and its weights one store (fp32: a symbol's two weights)
 
     def __post_init__(self):
         checks = {"rows": self.rows >= self.num_warps and self.rows & (self.rows - 1) == 0
@@ -843,7 +844,7 @@ class DecodePlan:
     allocation and no host synchronization. The plan keeps every tensor it points to alive.
     Without a `config`, each launch takes the default one with the widest tile (rows) that leaves at
     most 1/8 of its rows past the end of their items (fill_rows): many small tensors, like a
-    MiniLM's, decode faster in narrow tiles, large ones in the default 16-row tiles.
+    MiniLM's, decode faster in narrow tiles, large ones in the default 8-row tiles.
     """
 
     def __init__(self, items: list[DecodeItem], config: DecodeConfig | None = None):
