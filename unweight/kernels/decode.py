@@ -13,7 +13,8 @@ Per lane and step (see unweight/codec/lanes.py for the encoder's side):
 
     buf      uint32, MSB-aligned bits; room = 16 - (bits buffered), the shift that puts the
              next word right behind them
-    refill   if room > 3 (fewer than 13 bits): buf |= word << room; room -= 16, where the
+    refill   if room > 3 (fewer than 13 bits; in a lane's last EXACT_STEPS steps: if the code looked up
+             from the bits it holds is longer than them): buf |= word << room; room -= 16, where the
              word is stream[base + number of refilling lanes before this one]: from a ring of the
              row's words staged in shared memory ahead of use, or from a window of the row's next
              32 words in registers (a lane takes its word by warp shuffle), or loaded
@@ -438,7 +439,8 @@ def _decode_whole(num_steps, lane, is_row, raw_row, out_row, raw_vec, out_vec, w
     block's first weight, `last` is its last weight's offset. With VECTOR (16-bit weights) a run's
     raw bytes are one load and its weights one store (raw_vec / out_vec point at the lane's first run
     in those units). Rows that are not is_row decode a copy of another row and store nothing. The
-    row's stream: words_ptr[word0:][:word_limit].
+    row's stream: words_ptr[word0:][:word_limit]. The loop runs the steps before the lanes' exact tail;
+    the tail's EXACT_STEPS steps (a lookup before each refill decision) follow it.
 
     With the ring, each iteration first stages one more chunk of the row's words if fewer than
     RING_AHEAD bytes are staged past its read position (an iteration reads at most UNROLL * 32 = 128
