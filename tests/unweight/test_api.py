@@ -177,3 +177,29 @@ def test_compress_refuses_a_device_it_cannot_use(checkpoint, tmp_path, device, m
     with pytest.raises(UnweightError, match=message):
         unweight.compress(checkpoint, tmp_path / "p", device=device)
     assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("held", [True, False], ids=["read-once", "read-per-chunk"])
+def test_large_floats_with_too_many_pairs_are_stored_as_they_are(tmp_path, monkeypatch, held):
+    """A float tensor of near-random bits large enough to be planned in tasks (and, not held, chunk by
+    chunk): its pairs do not fit a 13-bit code, so it is stored raw, restored bit for bit and decompressed
+    into identical files."""
+    from safetensors.torch import save_file
+
+    from unweight.codec import tensor
+
+    monkeypatch.setattr(tensor, "TASK_BYTES", 64 * 1024)
+    if not held:
+        monkeypatch.setattr(tensor, "MAX_CACHED_BYTES", 0)
+    src = tmp_path / "src"
+    src.mkdir()
+    noise = torch.randint(-(2**31), 2**31 - 1, (80_000,), generator=torch.Generator().manual_seed(0),
+                          dtype=torch.int32).view(torch.float32)
+    weights = (torch.randn(70_000, generator=torch.Generator().manual_seed(1)) * 0.02).to(torch.bfloat16)
+    save_file({"noise": noise, "weights": weights}, src / "model.safetensors")
+    unweight.compress(src, tmp_path / "packed")
+    records = json.loads((tmp_path / "packed" / "unweight.json").read_text())["tensors"]
+    assert records["noise"]["encoding"] == "raw" and records["weights"]["encoding"] == "lanes"
+    assert_same_tensors(unweight.load(tmp_path / "packed"), load_file(src / "model.safetensors"))
+    decompress(tmp_path / "packed", tmp_path / "restored")
+    assert (tmp_path / "restored" / "model.safetensors").read_bytes() == (src / "model.safetensors").read_bytes()
