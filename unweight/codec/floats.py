@@ -60,14 +60,19 @@ def raw_planes(layout: FloatLayout, data: np.ndarray) -> np.ndarray:
     return raw
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _pair_at(bits, shift, k, last):
+    """Symbol k of the weights' bits (see pair_symbols); `last` = the index of the last weight."""
+    i = np.uint64(2 * k)
+    j = min(i + np.uint64(1), last)  # an odd count: the last weight pairs with itself
+    return ((bits[i] >> shift) & 0xFF) | (((bits[j] >> shift) & 0xFF) << 8)
+
+
 @numba.njit(cache=True, nogil=True)
 def _pair_symbols(bits, shift, sym):
-    n = np.uint64(bits.size)
-    last = n - np.uint64(1)
+    last = np.uint64(bits.size) - np.uint64(1)
     for k in range(sym.size):
-        i = np.uint64(2 * k)
-        j = min(i + np.uint64(1), last)  # an odd count: the last weight pairs with itself
-        sym[k] = ((bits[i] >> shift) & 0xFF) | (((bits[j] >> shift) & 0xFF) << 8)
+        sym[k] = _pair_at(bits, shift, k, last)
 
 
 def pair_symbols(layout: FloatLayout, data: np.ndarray) -> np.ndarray:
@@ -81,12 +86,9 @@ def pair_symbols(layout: FloatLayout, data: np.ndarray) -> np.ndarray:
 
 @numba.njit(cache=True, nogil=True)
 def _symbol_counts(bits, shift, counts):
-    n = np.uint64(bits.size)
-    last = n - np.uint64(1)
+    last = np.uint64(bits.size) - np.uint64(1)
     for k in range((bits.size + 1) // 2):
-        i = np.uint64(2 * k)
-        j = min(i + np.uint64(1), last)
-        counts[np.uint64(((bits[i] >> shift) & 0xFF) | (((bits[j] >> shift) & 0xFF) << 8))] += 1
+        counts[np.uint64(_pair_at(bits, shift, k, last))] += 1
 
 
 def symbol_histogram(layout: FloatLayout, data: np.ndarray) -> np.ndarray:
