@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import unweight  # noqa: E402
 from common import Section, command_line, markdown_table, parser, publish  # noqa: E402
 from unweight.codec import floats, lanes, lanes_torch  # noqa: E402
-from unweight.codec.tensor import Code, choose_group, choose_steps  # noqa: E402
+from unweight.codec.tensor import DEFAULT_STEPS, Code, choose_group  # noqa: E402
 
 TITLE = "GPU compress: the torch lane coder and `unweight compress --device cuda`"
 LAYER = {"self_attn.q_proj": (4096, 4096), "self_attn.k_proj": (1024, 4096), "self_attn.v_proj": (1024, 4096),
@@ -56,7 +56,7 @@ def timed(fn, device: torch.device, reps: int) -> float:
 def code_one_tensor(device: torch.device, shape: tuple, reps: int) -> dict:
     weights = (torch.randn(shape, generator=torch.Generator().manual_seed(0)) * 0.02).to(torch.bfloat16)
     bits = weights.reshape(-1).view(torch.int16).numpy().view(np.uint16)
-    steps = choose_steps(bits.size)
+    steps = DEFAULT_STEPS
     group = choose_group("BF16", steps)
     layout = floats.LAYOUTS["BF16"]
     code = Code(floats.symbol_histogram(layout, bits.view(np.uint8)))

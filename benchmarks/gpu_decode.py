@@ -40,7 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from unweight.codec.tensor import choose_steps, encode_float  # noqa: E402
+from unweight.codec.tensor import DEFAULT_STEPS, encode_float  # noqa: E402
 from unweight.packed import PackedTensor  # noqa: E402
 
 TORCH_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
@@ -150,7 +150,7 @@ def encode_case(name: str, original: torch.Tensor, steps: int, group: int = 0) -
     steps 0: the library's choice for the tensor's size; group 0: the library's choice for its dtype."""
     dtype = {v: k for k, v in TORCH_DTYPES.items()}[original.dtype]
     host = original.contiguous().cpu().view(torch.uint8).reshape(-1).numpy()
-    steps = steps or choose_steps(original.numel())
+    steps = steps or DEFAULT_STEPS
     t0 = time.perf_counter()
     enc = encode_float(dtype, original.numel(), lambda a, b: host[a:b], steps=steps, where=name, group=group)
     encode_s = time.perf_counter() - t0
@@ -198,7 +198,7 @@ class Bench:
         self.copy_gbs: float | None = None
         self.t0 = time.perf_counter()
         # steps of the main tensor (the full variant sweep runs on it); the interpreter needs short lanes
-        self.steps = (args.main_steps or choose_steps(MAIN_SHAPE[0] * MAIN_SHAPE[1])) if device.type == "cuda" else 8
+        self.steps = (args.main_steps or DEFAULT_STEPS) if device.type == "cuda" else 8
         self.main_name = ""
         self.configs_by_name: dict = {}
         self.minilm = args.minilm
@@ -391,7 +391,7 @@ def stage_layer(bench: Bench, cfg, scale: int, steps: int, full: bool = True) ->
     for k, (name, (rows, cols)) in enumerate(LLAMA_8B_LAYER.items()):
         try:
             original = random_normal((rows // scale, cols // scale), "BF16", bench.device, seed=10 + k)
-            chosen = steps or choose_steps(original.numel())
+            chosen = steps or DEFAULT_STEPS
             cases.append(encode_case(f"8B {name} {rows // scale}x{cols // scale} steps={chosen}", original, chosen))
         except Exception as e:  # noqa: BLE001
             bench.notes.append(f"layer matrix {name} could not be prepared: {e}")
@@ -665,7 +665,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="other values of steps to encode the main tensor with (best two variants each)")
     p.add_argument("--layer-steps", type=int, nargs="*", default=[0, 512],
                    help="other values of steps to time the whole 8B layer with (batched launch and matmuls); "
-                        "0: each matrix at the steps compress picks for its size")
+                        "0: each matrix at the steps compress picks")
     p.add_argument("--group-sweep", type=int, nargs="*", default=[1],
                    help="also decode the main tensor coded with these groups (runs of neighbours a lane)")
     p.add_argument("--minilm-steps", type=int, nargs="*", default=[512, 320, 128],

@@ -27,7 +27,7 @@ import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from unweight.codec.tensor import choose_steps, encode_float  # noqa: E402
+from unweight.codec.tensor import DEFAULT_STEPS, encode_float  # noqa: E402
 from unweight.kernels import decode as kd  # noqa: E402
 from unweight.packed import PackedTensor  # noqa: E402
 from unweight.reader import PackedReader  # noqa: E402
@@ -41,7 +41,7 @@ def packed(shape: tuple, seed: int, steps: int, device: str, group: int = 0) -> 
     g = torch.Generator(device=device).manual_seed(seed)
     weights = (torch.randn(shape, generator=g, device=device) * 0.02).to(torch.bfloat16)
     host = weights.cpu().view(torch.uint8).reshape(-1).numpy()
-    steps = steps or choose_steps(weights.numel())
+    steps = steps or DEFAULT_STEPS
     enc = encode_float("BF16", weights.numel(), lambda a, b: host[a:b], steps=steps, group=group)
     streams = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in enc.streams.items()}
     return weights, PackedTensor("w", "BF16", tuple(shape), "lanes", streams, steps, enc.code_lengths,

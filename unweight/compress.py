@@ -25,7 +25,7 @@ import torch
 
 from . import __version__
 from .codec import floats, huffman, lanes
-from .codec.tensor import TASK_BYTES, Pending, TensorEncoder, TensorJob, TensorPlan, TensorSource, choose_steps
+from .codec.tensor import DEFAULT_STEPS, TASK_BYTES, Pending, TensorEncoder, TensorJob, TensorPlan, TensorSource
 from .errors import DestinationError, UnweightError
 from .format.output_dir import atomic_directory
 from .format.manifest import MANIFEST_NAME, SHARD_ROLES, Manifest, SourceFile, TensorRecord
@@ -85,9 +85,9 @@ def compress(src: str | Path, dst: str | Path, *, force: bool = False, verify: b
              progress: Progress | None = None, device: str | None = None) -> CompressReport:
     """Compress SRC into the packed directory DST (atomically: a temporary directory renamed at the end).
 
-    `steps` fixes the block length of every coded tensor; by default it is chosen per tensor
-    (codec.tensor.choose_steps). `device` ("cuda", ...) codes the words there (codec.lanes_torch)
-    instead of with the CPU coder; the output is the same, byte for byte.
+    `steps` fixes the block length of every coded tensor (default: codec.tensor.DEFAULT_STEPS).
+    `device` ("cuda", ...) codes the words there (codec.lanes_torch) instead of with the CPU coder;
+    the output is the same, byte for byte.
     """
     if steps is not None and not 1 <= steps <= lanes.MAX_STEPS:
         raise UnweightError(f"steps must be between 1 and {lanes.MAX_STEPS}, got {steps}")
@@ -197,7 +197,7 @@ def _with_plans(unit: list[_Tensor], plans: Future) -> list[_Tensor]:
 
 
 def _source(entry: TensorEntry, read: Callable[[int, int], np.ndarray], steps: int | None) -> TensorSource:
-    return TensorSource(entry.dtype, entry.numel, entry.nbytes, read, steps or choose_steps(entry.numel))
+    return TensorSource(entry.dtype, entry.numel, entry.nbytes, read, steps or DEFAULT_STEPS)
 
 
 def _units(tensors: Iterator[tuple[_Tensor, T]]) -> Iterator[list[tuple[_Tensor, T]]]:

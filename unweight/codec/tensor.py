@@ -31,18 +31,12 @@ import zstandard
 from ..errors import SourceError, VerificationError
 from . import floats, huffman, lanes, lanes_torch
 
-DEFAULT_STEPS = 256        # symbols (weight pairs) a lane decodes per block: 32 * 512 weights a block
-
-
-def choose_steps(numel: int) -> int:
-    """Steps a block for a tensor: the trade-off between size and GPU decode speed.
-
-    Each lane wastes ~19 bits (its last, partly used words), so longer lanes pack tighter
-    (steps 256, 512 weights a lane: +0.23% of bf16); but a lane is decoded serially, so the GPU
-    decoder's parallelism is numel / (2 * steps) lanes, and the time of a launch is at least the
-    time one lane takes (BENCHMARKS.md, "GPU decode").
-    """
-    return DEFAULT_STEPS
+# Symbols (weight pairs) a lane decodes per block, for every tensor: 32 * 512 weights a block. The
+# trade-off between size and GPU decode speed: a lane's end costs ~8 bits (its last, partly used word)
+# and its share of the block index ~2, so longer lanes pack tighter (256: ~+0.12% of bf16); but a lane
+# is decoded serially, so a launch takes at least the time of one lane, and the GPU decoder's
+# parallelism is numel / (2 * steps) lanes (BENCHMARKS.md, "GPU decode").
+DEFAULT_STEPS = 256
 
 
 def choose_group(dtype: str, steps: int) -> int:
