@@ -140,12 +140,12 @@ def load(path: str | Path, device="cpu", backend: str | None = None) -> dict[str
 
 def _code_lengths(rec: TensorRecord, where: str) -> np.ndarray:
     """The code lengths of every symbol value from the manifest's description of the code."""
+    if not isinstance(rec.code, str):
+        raise CorruptDataError(f"{where}: its code is not a string")
     try:
-        data = base64.b64decode(rec.code, validate=True) if isinstance(rec.code, str) else None
+        data = base64.b64decode(rec.code, validate=True)
     except ValueError as e:
         raise CorruptDataError(f"{where}: its code is not base64 ({e})") from e
-    if data is None:
-        raise CorruptDataError(f"{where}: its code is not a string")
     return huffman.lengths_from_description(data, where)
 
 

@@ -21,7 +21,6 @@ NUM_SYMBOLS = 1 << SYMBOL_BITS
 MAX_CODE_LEN = 13  # the decode table has 2**MAX_CODE_LEN entries (32 KiB as uint32: in shared memory, it
                    # leaves room for the GPU decoder's word rings within a block's 48 KiB of static shared memory)
 TABLE_SIZE = 1 << MAX_CODE_LEN
-MAX_USED_SYMBOLS = TABLE_SIZE  # a code of at most MAX_CODE_LEN bits has room for this many symbols
 
 
 class TooManySymbolsError(ValueError):

@@ -20,7 +20,7 @@ from .safetensors_file import DTYPE_SIZES, MAX_HEADER_BYTES
 
 MANIFEST_NAME = "unweight.json"
 FORMAT_NAME = "unweight-packed"
-FORMAT_VERSION = 3          # written; 3: symbols are exponent pairs (codec/huffman.py), codes up to 14 bits
+FORMAT_VERSION = 3          # written; 3: symbols are exponent pairs (codec/huffman.py), codes up to 13 bits
 READ_VERSIONS = (3,)        # read
 OLD_VERSIONS = (1, 2)       # refused with their own message: they coded single exponents
 MAX_MANIFEST_BYTES = 256 * 1024 * 1024
