@@ -413,8 +413,7 @@ def _store_pair32(entry, raw_at, out_at, plane_stride, write):
     p0 = tl.load(raw_at.to(tl.pointer_type(tl.int16))).to(tl.int32)
     p1 = tl.load((raw_at + plane_stride).to(tl.pointer_type(tl.int16))).to(tl.int32)
     p2 = tl.load((raw_at + 2 * plane_stride).to(tl.pointer_type(tl.int16))).to(tl.int32)
-    spread = (p2 & 0xFF) | ((p2 & 0xFF00) << 8)           # plane 2's bytes at bits 0..7 and 16..23
-    high = ((spread * 0x101) & -2139127681) | ((entry & 0xFF) << 7) | ((entry & 0xFF00) << 15)  # _pair's halves
+    high = _pair(entry, p2 & 0xFFFF)                       # the two weights' high halves, as for 16-bit ones
     first = ((high & 0xFFFF) << 16) | ((p1 & 0xFF) << 8) | (p0 & 0xFF)
     second = (high & -65536) | (p1 & 0xFF00) | ((p0 >> 8) & 0xFF)
     value = (first.to(tl.int64) & 0xFFFFFFFF) | (second.to(tl.int64) << 32)
@@ -422,11 +421,15 @@ def _store_pair32(entry, raw_at, out_at, plane_stride, write):
 
 
 @triton.jit
-def _store_pair(entry, raw_at, out_at, plane_stride, write, RAW_PLANES: tl.constexpr):
-    """Merge and store a symbol's two weights one at a time (fp32, or 16-bit weights not aligned for
-    one access a run)."""
-    tl.store(out_at, _merge(entry & 0xFF, raw_at, plane_stride, True, RAW_PLANES, False), mask=write)
-    tl.store(out_at + 1, _merge((entry >> 8) & 0xFF, raw_at + 1, plane_stride, True, RAW_PLANES, False), mask=write)
+def _store_pair(entry, raw_at, out_at, plane_stride, write, RAW_PLANES: tl.constexpr, VECTOR: tl.constexpr):
+    """Merge and store a symbol's two weights: fp32 with VECTOR in one access (_store_pair32), else one at
+    a time (fp32, or 16-bit weights not aligned for one access a run)."""
+    if VECTOR:
+        _store_pair32(entry, raw_at, out_at, plane_stride, write)
+    else:
+        tl.store(out_at, _merge(entry & 0xFF, raw_at, plane_stride, True, RAW_PLANES, False), mask=write)
+        tl.store(out_at + 1, _merge((entry >> 8) & 0xFF, raw_at + 1, plane_stride, True, RAW_PLANES, False),
+                 mask=write)
 
 
 @triton.jit
@@ -436,9 +439,9 @@ def _decode_whole(num_steps, lane, is_row, raw_row, out_row, raw_vec, out_vec, w
                   WINDOW: tl.constexpr, GROUP: tl.constexpr, VECTOR: tl.constexpr, RING_DECL: tl.constexpr):
     """Every row a whole block, written whole: no masks. Each lane decodes runs of GROUP neighbouring
     symbols (the block layout, codec/lanes.py), 2 * GROUP weights; raw_row and out_row point at the
-    block's first weight, `last` is its last weight's offset. With VECTOR (16-bit weights) a run's
-    raw bytes are one load and its weights one store (raw_vec / out_vec point at the lane's first run
-    in those units). Rows that are not is_row decode a copy of another row and store nothing. The
+    block's first weight, `last` is its last weight's offset. With VECTOR a 16-bit run's raw bytes are
+    one load and its weights one store (raw_vec / out_vec point at the lane's first run in those units),
+    an fp32 symbol's two weights one store. Rows that are not is_row decode a copy of another row and store nothing. The
     row's stream: words_ptr[word0:][:word_limit]. The loop runs the steps before the lanes' exact tail;
     the tail's EXACT_STEPS steps (a lookup before each refill decision) follow it.
 
@@ -533,16 +536,11 @@ def _iteration(t, num_steps, buf, room, word_at, window, staged, raw_a, raw_b, r
                                                          table_ptr, ROWS, PREFIX, TABLE, False, WINDOW, mode)
         if VECTOR and RAW_PLANES == 1:
             _store_run(e0, e1, raw_a if r == 0 else raw_b, out_vec + r * LANES, is_row, GROUP)
-        elif VECTOR:
-            run = 2 * r * GROUP * LANES
-            _store_pair32(e0, raw_at + run, out_at + run, plane_stride, is_row)
-            if GROUP == 2:
-                _store_pair32(e1, raw_at + run + 2, out_at + run + 2, plane_stride, is_row)
         else:
             run = 2 * r * GROUP * LANES
-            _store_pair(e0, raw_at + run, out_at + run, plane_stride, is_row, RAW_PLANES)
+            _store_pair(e0, raw_at + run, out_at + run, plane_stride, is_row, RAW_PLANES, VECTOR)
             if GROUP == 2:
-                _store_pair(e1, raw_at + run + 2, out_at + run + 2, plane_stride, is_row, RAW_PLANES)
+                _store_pair(e1, raw_at + run + 2, out_at + run + 2, plane_stride, is_row, RAW_PLANES, VECTOR)
     return (buf, room, word_at, window, staged, next_a, next_b, raw_at + 2 * UNROLL * LANES,
             out_at + 2 * UNROLL * LANES, raw_vec + RUNS * LANES, out_vec + RUNS * LANES)
 
