@@ -182,6 +182,24 @@ def test_every_group_decodes_whole_blocks_and_ranges(group, dtype):
         assert torch.equal(bits(decode_range(p, start, stop, config, margin)), bits(t[start:stop]))
 
 
+@pytest.mark.parametrize("dtype", ["BF16", "F32"])
+@pytest.mark.parametrize("last_weights", [256, 128, 254])
+def test_a_last_block_of_whole_runs_decodes_like_a_whole_one(dtype, last_weights):
+    """A tensor's last block holding whole runs in every lane, an even number of weights and whole loop
+    iterations (256 weights: 4 steps) takes the unmasked path of whole blocks, for as many steps as it has;
+    128 weights (2 steps, half an iteration) and 254 (an odd count of symbols: group 1 there) take the
+    masked path."""
+    block = 2 * 32 * 8                                     # weights a block at steps 8
+    t = (torch.randn(block * 3 + last_weights, generator=torch.Generator().manual_seed(4)) * 0.02)
+    p = pack(t.to(DTYPES[dtype]), steps=8, group=2 if dtype == "BF16" else 1)
+    config = decode.DecodeConfig(rows=2, num_warps=2, prefix=decode.PREFIX_SCAN, prefetch=False)
+    for start, stop in ((0, p.numel), (block * 3, p.numel), (block * 2, p.numel), (block * 3 + 2, p.numel)):
+        assert_matches_cpu(p, start, stop, config=config)
+    plan_out = poisoned(p.numel, p.torch_dtype)
+    decode.DecodePlan([item(p, plan_out)]).launch()
+    assert torch.equal(bits(plan_out), bits(t.to(DTYPES[dtype])))
+
+
 def test_codes_of_the_longest_length_decode():
     """A skewed histogram over many pairs gives codes of MAX_CODE_LEN bits: lanes refill before them and,
     in the exact tail, for them."""

@@ -437,7 +437,8 @@ def _decode_whole(num_steps, lane, is_row, raw_row, out_row, raw_vec, out_vec, w
                   plane_stride, table_ptr, last, ROWS: tl.constexpr, RAW_PLANES: tl.constexpr,
                   PREFIX: tl.constexpr, TABLE: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr,
                   WINDOW: tl.constexpr, GROUP: tl.constexpr, VECTOR: tl.constexpr, RING_DECL: tl.constexpr):
-    """Every row a whole block, written whole: no masks. Each lane decodes runs of GROUP neighbouring
+    """Every row's block written whole, num_steps steps in every lane (a whole block, or a tensor's last block
+    of whole runs in every lane): no masks. Each lane decodes runs of GROUP neighbouring
     symbols (the block layout, codec/lanes.py), 2 * GROUP weights; raw_row and out_row point at the
     block's first weight, `last` is its last weight's offset. With VECTOR a 16-bit run's raw bytes are
     one load and its weights one store (raw_vec / out_vec point at the lane's first run in those units),
@@ -621,7 +622,8 @@ def _decode_rows(words_ptr, index_ptr, table_ptr, raw_ptr, out_ptr, numel_total,
     block_size = steps * LANES                             # symbols a block
     sym0 = block * block_size                              # int64: first symbol of the block...
     elem0 = 2 * sym0                                       # ...and its first weight
-    count = tl.where(is_row, tl.minimum((numel_total + 1) // 2 - sym0, block_size), 0)  # symbols of the block
+    full = tl.minimum((numel_total + 1) // 2 - sym0, block_size)  # symbols of the block (a tensor's last: fewer)
+    count = tl.where(is_row, full, 0)
     weights = tl.where(is_row, tl.minimum(numel_total - elem0, 2 * block_size), 0)
     lo = tl.minimum(tl.maximum(start - elem0, 0), weights)  # weights [lo, hi) of the block are written
     hi = tl.minimum(tl.maximum(stop - elem0, 0), weights)
@@ -634,10 +636,15 @@ def _decode_rows(words_ptr, index_ptr, table_ptr, raw_ptr, out_ptr, numel_total,
     plane_stride = numel_total.to(tl.int64)
     if TABLE == _TABLE_SHARED:
         _shared_table(table_ptr, ROWS)
-    # every row a whole block, written whole, in whole loop iterations: no masks needed (a whole
-    # block of a tensor coded with GROUP has that group, since GROUP divides steps)
-    if ((tl.reduce(tl.where(is_row, span, 2 * block_size), 0, _min) == 2 * block_size) & (steps % UNROLL == 0)
-            & (steps >= EXACT_STEPS)):
+    # every row's block written whole, of the same whole runs of GROUP in every lane (a whole block, or a
+    # tensor's last block of a multiple of GROUP * LANES symbols and an even number of weights: that group,
+    # codec/lanes.py), in whole loop iterations: no masks needed. Rows past the last block follow the
+    # tile's first block.
+    whole = ~is_row | ((span == weights) & (weights == 2 * full) & (full % (GROUP * LANES) == 0))
+    row_steps = (full // LANES).to(tl.int32)
+    whole_steps = tl.reduce(tl.where(whole, row_steps, -1), 0, _min)
+    if ((whole_steps == tl.reduce(row_steps, 0, _max)) & (whole_steps % UNROLL == 0)
+            & (whole_steps >= EXACT_STEPS)):
         if VECTOR and RAW_PLANES == 1:
             # a run of GROUP symbols, 2 * GROUP 16-bit weights: 2 * GROUP raw bytes and 4 * GROUP output bytes,
             # aligned (DecodeItem.can_vector)
@@ -650,8 +657,8 @@ def _decode_rows(words_ptr, index_ptr, table_ptr, raw_ptr, out_ptr, numel_total,
         else:
             raw_vec = raw_row   # unused
             out_vec = out_row   # unused
-        _decode_whole(steps, lane, is_row, raw_row, out_row, raw_vec, out_vec, words_ptr, word0, word_limit,
-                      plane_stride, table_ptr, 2 * block_size - 1, ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH,
+        _decode_whole(whole_steps, lane, is_row, raw_row, out_row, raw_vec, out_vec, words_ptr, word0, word_limit,
+                      plane_stride, table_ptr, 2 * whole_steps * LANES - 1, ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH,
                       UNROLL, WINDOW, GROUP, VECTOR, RING_DECL)
     else:
         # a block whose length is not a multiple of GROUP * LANES has group 1 (codec/lanes.py)
