@@ -61,12 +61,16 @@ TARGET_GBS = 1200.0
 
 
 class Timer:
-    """Median milliseconds of a callable: CUDA events around each call, L2 flushed before each."""
+    """Median milliseconds of a callable: CUDA events around each call, L2 flushed before each by reading
+    256 MiB, so that a call starts with none of its data in L2 and no dirty lines of others to write back
+    (a memset as flush leaves up to the L2's 50 MB dirty, whose write-back a short kernel pays: the MiniLM
+    decode 43.3 us after a memset against 40.0 after a read, the 64 MB copy 49.5 against 43.7, on an H100)."""
 
     def __init__(self, device: torch.device, reps: int, warmup: int = 3):
         self.device, self.reps, self.warmup = device, reps, warmup
         self.cuda = device.type == "cuda"
-        self.flush = torch.empty(256 << 20 if self.cuda else 1 << 10, dtype=torch.int8, device=device)
+        self.flush = torch.zeros((32 << 20) if self.cuda else 128, dtype=torch.int64, device=device)
+        self.flush_sum = torch.zeros((), dtype=torch.int64, device=device)
 
     def median_ms(self, fn, reps: int | None = None) -> float:
         reps = reps or self.reps
@@ -77,7 +81,7 @@ class Timer:
         torch.cuda.synchronize()
         events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
         for start, end in events:
-            self.flush.zero_()
+            torch.sum(self.flush, dim=0, out=self.flush_sum)
             start.record()
             fn()
             end.record()

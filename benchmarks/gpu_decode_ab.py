@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +24,9 @@ import torch
 import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gpu_decode import Timer  # noqa: E402
 
 from unweight.codec.tensor import DEFAULT_STEPS, encode_float  # noqa: E402
 from unweight.kernels import decode as kd  # noqa: E402
@@ -70,24 +71,8 @@ def packed_checkpoint_plan(path: Path, device: str, overrides: dict) -> tuple[kd
 
 
 def median_us(fn, device: str, reps: int = 40) -> float:
-    if device == "cpu":  # the interpreter: wall time of a few calls
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times) * 1e6
-    flush = torch.empty(256 << 20, dtype=torch.int8, device="cuda")
-    for _ in range(3):
-        fn()
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
-    for start, end in events:
-        flush.zero_()
-        start.record()
-        fn()
-        end.record()
-    torch.cuda.synchronize()
-    return statistics.median(s.elapsed_time(e) for s, e in events) * 1e3
+    """Median microseconds of fn (gpu_decode.Timer: L2 flushed before each call; the interpreter: wall time)."""
+    return Timer(torch.device(device), reps).median_ms(fn) * 1e3
 
 
 def main() -> int:
