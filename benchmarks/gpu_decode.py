@@ -233,7 +233,7 @@ class Bench:
 def variant_name(cfg) -> str:
     prefix = "ballot" if cfg.prefix == 1 else "scan"
     table = {0: "global", 1: "shared"}[cfg.table]
-    window = {0: "", 1: "/win", 2: "/ring"}[cfg.window]
+    window = {0: "", 2: "/ring"}[cfg.window]
     scalar = "" if cfg.vector else "/scalar"
     return (f"{prefix}/{table}/r{cfg.rows}w{cfg.num_warps}/u{cfg.unroll}{window}{scalar}/"
             f"{'pf' if cfg.prefetch else 'nopf'}")
@@ -312,17 +312,16 @@ def sweep_configs(kd, quick: bool) -> list:
     # warps a program: a flat tile of rows * 32 lanes on as many warps keeps lane j on hardware lane j
     # (the ballot needs it); 1-warp programs are capped at 32 resident per SM (half the warps); the shared
     # table and the rings of 16 rows do not fit a block's static shared memory
-    shared, ring, registers, load = kd.TABLE_SHARED, kd.WINDOW_RING, kd.WINDOW_REGISTERS, kd.WINDOW_LOAD
+    shared, ring, load = kd.TABLE_SHARED, kd.WINDOW_RING, kd.WINDOW_LOAD
     for rows in (4, 2, 8, 1):
         for table in (shared, glob):
             configs.append(c(rows, rows, ballot, table, True, 4, window=ring))
     configs.append(c(16, 16, ballot, glob, True, 4, window=ring))
-    # one change from the default each (the scan prefix reads the table from global memory, the words from registers)
-    configs += [c(rows, rows, ballot, shared, True, 4, window=window) for rows in (16, 8, 4)
-                for window in (registers, load)]
+    # one change from the default each (the scan prefix reads the table from global memory and loads the words)
+    configs += [c(rows, rows, ballot, shared, True, 4, window=load) for rows in (16, 8, 4)]
     configs += [c(8, 8, ballot, shared, True, 2), c(8, 8, ballot, shared, False, 4),
                 c(8, 8, ballot, shared, True, 4, vector=False),
-                c(16, 16, scan, glob, True, 4, window=registers), c(4, 4, scan, glob, True, 4, window=registers)]
+                c(16, 16, scan, glob, True, 4, window=load), c(4, 4, scan, glob, True, 4, window=load)]
     unique = list(dict.fromkeys(configs))
     return unique[:4] if quick else unique
 

@@ -80,7 +80,7 @@ def main() -> int:
     p.add_argument("--table", type=int, default=None, help="DecodeConfig.table (default: the default config's)")
     p.add_argument("--unroll", type=int, default=None, help="DecodeConfig.unroll")
     p.add_argument("--rows", type=int, default=None, help="DecodeConfig.rows (= num_warps)")
-    p.add_argument("--window", type=int, choices=(0, 1, 2), default=None, help="DecodeConfig.window")
+    p.add_argument("--window", type=int, choices=(0, 2), default=None, help="DecodeConfig.window")
     p.add_argument("--steps", type=int, default=0, help="steps of every matrix (0: what compress picks)")
     p.add_argument("--prefetch-words", type=int, default=None, help="kernel constant PREFETCH_WORDS")
     p.add_argument("--prefetch-steps", type=int, default=None, help="kernel constant PREFETCH_STEPS")

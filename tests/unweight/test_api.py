@@ -132,14 +132,14 @@ def test_hub_repo_id_from_local_cache(checkpoint, tmp_path, monkeypatch):
     verify(tmp_path / "packed", against=checkpoint)
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_checkpoints_of_single_exponent_codes_are_refused_with_a_way_out(checkpoint, tmp_path, version):
-    """Versions 1 and 2 coded single exponents, which this decoder does not read: one error says to
-    re-compress, before any tensor is touched."""
+    """Versions 1 and 2 coded single exponents, version 3 refilled every code: this decoder reads none of
+    them, and one error says to re-compress, before any tensor is touched."""
     unweight.compress(checkpoint, tmp_path / "packed")
     path = tmp_path / "packed" / "unweight.json"
     manifest = json.loads(path.read_text())
-    assert manifest["format_version"] == 3
+    assert manifest["format_version"] == 4
     manifest["format_version"] = version
     path.write_text(json.dumps(manifest))
     with pytest.raises(FormatError, match=f"format version {version} .*re-compress the source"):

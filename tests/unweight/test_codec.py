@@ -105,13 +105,16 @@ def test_golden_bytes():
     # lane j of block 0 holds one code, MSB-aligned in its own word: 3 -> 0, 7 -> 10, 9 -> 110, 40000 -> 111
     assert words[:8].tolist() == [0x0000, 0x8000, 0x0000, 0xC000, 0x0000, 0xE000, 0x0000, 0x0000]
     assert words[64] == 0x8000
-    # the exact tail: lanes of 8 one-bit codes hold enough bits after their first word (the rule before
-    # the tail would take a second one at step 4, with 12 bits left): one word a lane
-    sym = np.array([3] * 255 + [7], dtype=np.uint16)
-    lengths = huffman.code_lengths(np.bincount(sym, minlength=huffman.NUM_SYMBOLS))
+    # rounds and the exact tail, with the code 3 -> 0, 7 -> 10, 9 -> 110, 40000 -> 111: every lane of a block of
+    # 8 steps decodes 9, 9, 9, 9, then 3, 3, 3, 3 (16 bits: 0xDB60). At step 0 each lane holds no bits, fewer
+    # than ROUND_BITS - 16, and takes two words, in lane order; at step 4 it holds 20 bits: the rule before the
+    # tail would take a third word, the exact tail takes none (each code there is shorter than the bits held)
+    lengths = np.zeros(huffman.NUM_SYMBOLS, dtype=np.uint8)
+    lengths[[3, 7, 9, 40000]] = [1, 2, 3, 3]
+    sym = np.array([9] * 128 + [3] * 128, dtype=np.uint16)
     words, index = lanes.encode(sym, huffman.canonical_codes(lengths), lengths, steps=8)
-    assert index.tolist() == [0, 32]
-    assert words.tolist() == [0] * 31 + [0x0100]  # lane 31's last code, the 8th bit of its word
+    assert index.tolist() == [0, 64]
+    assert words.tolist() == [0xDB60, 0x0000] * 32
 
 
 def test_pair_symbols_and_raw_planes_layouts():

@@ -11,18 +11,24 @@ Layout of one coded tensor of n weights (all the GPU decoder needs, see kernels/
               length is not a multiple of group * LANES (only a tensor's last block can be one)
               uses group 1: symbol i of it belongs to lane i % LANES and is that lane's (i // LANES)-th.
     lane      a lane's codes are concatenated MSB-first into 16-bit words.
-    stream    the words of a block, in the order a lockstep decoder asks for them:
-              at step t every active lane j with fewer than MAX_CODE_LEN bits buffered
-              takes one word, except in the lane's last EXACT_STEPS steps, where it takes
-              one only if its next code is longer than the bits it holds (the decoder looks
-              the code up before it refills there): a lane then ends in its last, partly used
-              word instead of words taken ahead for codes that never come. Lanes that take a
-              word at the same step take consecutive words, in lane order. So a lane's read
-              position is base + exclusive prefix sum of the "needs a word" flags.
+    stream    the words of a block, in the order a lockstep decoder asks for them. A lane's steps
+              go in rounds of ROUND_STEPS = 2: at the first step of a round, a lane holding fewer
+              than ROUND_BITS = 2 * MAX_CODE_LEN bits takes words until it holds that many (one
+              word, or two if it holds fewer than ROUND_BITS - 16), so that it decodes the round's
+              two codes without another refill; at a round's second step it takes none. In the
+              lane's last EXACT_STEPS steps (its exact tail) it instead takes one word at a step
+              only if its next code is longer than the bits it holds (the decoder looks the code
+              up before it refills there): a lane then ends in its last, partly used word instead
+              of words taken ahead for codes that never come. Lanes that take words at the same
+              step take consecutive words, in lane order (a lane's two words in its own order).
+              So a lane's read position is base + exclusive prefix sum of the words each lane
+              takes at the step.
     index     int64[num_blocks + 1]: word offset of each block's stream.
 
-The decoder keeps a 32-bit buffer per lane, MSB-aligned: peek the top 13 bits, look
-up (symbol, length) in the decode table, shift the buffer left by the length.
+The decoder keeps a 64-bit buffer per lane, MSB-aligned (at most ROUND_BITS - 1 + 16 bits): peek
+the top 13 bits, look up (symbol, length) in the decode table, shift the buffer left by the
+length. A round costs one refill (one vote over the lanes and one read of their words) for two
+codes: the decoder's dependent chain from one code to the next is a table lookup and a shift.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ WORD_BITS = 16
 GROUPS = (1, 2)  # neighbouring symbols a lane holds in a run (see the layout above)
 MAX_STEPS = 1 << 16  # longest lanes written and read (bounds the coders' per-block scratch)
 EXACT_STEPS = 4      # a lane's last steps, where it takes a word only for a code it does not hold
+ROUND_STEPS = 2      # steps a refill serves (before the exact tail)
+ROUND_BITS = ROUND_STEPS * MAX_CODE_LEN  # bits a lane holds after a round's refill, at least
 
 
 class UncodedSymbolError(ValueError):
@@ -61,11 +69,11 @@ _block_group = numba.njit(cache=True, nogil=True, inline="always")(block_group)
 def _pack_lane(values, first, num, stride, aligned, lengths, words, steps_of, base, uncoded):
     """Pack one lane's codes (of values[first], values[first + stride], ...) MSB-first into words[base:].
 
-    Follows the decoder's refill rule on the way (a lane with fewer than MAX_CODE_LEN bits buffered
-    takes its next word; in its last EXACT_STEPS steps, one with fewer bits than its next code) and
-    records in steps_of[base + w] the step at which the decoder takes word w (the index, in the lane,
-    of the symbol it takes it for). Returns the number of words taken: words past the last code bits
-    are zero.
+    Follows the decoder's refill rule on the way (at the first step of a round, a lane holding fewer
+    than ROUND_BITS bits takes words until it holds that many; in its last EXACT_STEPS steps, one
+    holding fewer bits than its next code takes one) and records in steps_of[base + w] the step at
+    which the decoder takes word w (the index, in the lane, of the symbol it takes it for). Returns
+    the number of words taken: words past the last code bits are zero.
     Branch-free, so that the lane's state stays in registers.
     """
     acc = U32(0)        # bits not yet written out, MSB-aligned (at most 15 + MAX_CODE_LEN)
@@ -76,14 +84,15 @@ def _pack_lane(values, first, num, stride, aligned, lengths, words, steps_of, ba
     i = U64(first)
     exact = num - EXACT_STEPS   # the first step of the lane's exact tail
     for k in range(num):
-        # the decoder takes a word whenever it holds fewer than MAX_CODE_LEN bits (in the tail: fewer than
-        # this code's), so by this step it has taken ceil((bits before this symbol + that) / 16) words, or
-        # as many as before: if that is one more than before, word `taken` is taken now (else
-        # steps_of[taken] is written again later)
+        # by this step the decoder has taken ceil((bits before this symbol + want) / 16) words, or as many
+        # as before: want is ROUND_BITS at a round's first step, 0 at its second, the code's length in the
+        # tail. Words `taken` and `taken + 1` are taken now if that count grows by one or two (else their
+        # steps_of entries are written again later)
         s = U64(values[i])
         n = lengths[s]
         steps_of[taken] = U32(k)
-        want = U32(MAX_CODE_LEN) if k < exact else n
+        steps_of[taken + U64(1)] = U32(k)
+        want = U32(ROUND_BITS) * U32(1 - (k & 1)) if k < exact else n
         taken = max(taken, done + U64((fill + want + U32(WORD_BITS - 1)) >> U32(4)))
         missing |= U32(n == U32(0))
         acc |= aligned[s] >> fill
@@ -160,7 +169,7 @@ def _gather_lanes(values, start, count, g, by_lane):
 @numba.njit(cache=True, nogil=True)
 def _encode(values, aligned, lengths, steps, group, out, index, uncoded):
     block_size = LANES * steps
-    max_words = (MAX_CODE_LEN * steps + MAX_CODE_LEN) // WORD_BITS + 2
+    max_words = (MAX_CODE_LEN * steps + ROUND_BITS) // WORD_BITS + 2  # a lane's words (block_capacity), and one more
     words = np.empty(LANES * max_words, dtype=np.uint16)     # each lane's words, lane after lane
     steps_of = np.empty(LANES * max_words, dtype=np.uint32)  # the symbol each word is taken for
     taken = np.empty(LANES, dtype=np.uint64)
@@ -184,8 +193,8 @@ def check_group(group: int, steps: int) -> None:
 
 
 def block_capacity(steps: int) -> int:
-    """Most words one block can need (every code at the maximum length)."""
-    return LANES * ((MAX_CODE_LEN * steps + MAX_CODE_LEN) // WORD_BITS + 1)
+    """Most words one block can need (every code at the maximum length, and a round's refill past them)."""
+    return LANES * ((MAX_CODE_LEN * steps + ROUND_BITS) // WORD_BITS + 1)
 
 
 def encode(values: np.ndarray, codes: np.ndarray, lengths: np.ndarray, steps: int,
@@ -216,10 +225,11 @@ def encode(values: np.ndarray, codes: np.ndarray, lengths: np.ndarray, steps: in
 @numba.njit(cache=True, nogil=True)
 def _count_words(values, lengths, steps, group, counts):
     """counts[b] = the words block b encodes to (what _encode_block returns), from the code lengths
-    alone. Before its exact tail, the decoder has taken ceil((bits before symbol k + MAX_CODE_LEN) / 16)
-    words of a lane by step k (see _pack_lane), and in the tail no more than its codes need, so a lane
-    of m codes of n_0 .. n_(m-1) bits takes the larger of ceil((n_0 + ... + n_(m-1)) / 16) and, with
-    t = m - EXACT_STEPS - 1 >= 0, ceil((n_0 + ... + n_(t-1) + MAX_CODE_LEN) / 16) words."""
+    alone. Before its exact tail, the decoder has taken ceil((bits before symbol k + ROUND_BITS) / 16)
+    words of a lane by a round's first step k (see _pack_lane), and in the tail no more than its codes
+    need, so a lane of m codes of n_0 .. n_(m-1) bits takes the larger of ceil((n_0 + ... + n_(m-1)) / 16)
+    and, with t >= 0 the last even step before the tail (m - EXACT_STEPS - 1 or the one before),
+    ceil((n_0 + ... + n_(t-1) + ROUND_BITS) / 16) words."""
     block_size = LANES * steps
     coded = np.empty(LANES, dtype=np.uint64)  # bits of each lane's codes
     for b in range(counts.size):
@@ -257,10 +267,11 @@ def _count_words(values, lengths, steps, group, counts):
             num = (count - lane + LANES - 1) // LANES             # the lane's symbols
             lane_words = (bits + U64(WORD_BITS - 1)) >> U64(4)
             if num > EXACT_STEPS:
-                tail = U64(0)                                     # bits of the lane's last EXACT_STEPS + 1 codes
-                for k in range(num - EXACT_STEPS - 1, num):
+                last_round = (num - EXACT_STEPS - 1) & ~1         # the lane's last round before its tail
+                tail = U64(0)                                     # bits of its codes from there on
+                for k in range(last_round, num):
                     tail += U64(lengths[U64(values[U64(start + _lane_symbol(k, lane, g))])])
-                lane_words = max(lane_words, (bits - tail + U64(MAX_CODE_LEN + WORD_BITS - 1)) >> U64(4))
+                lane_words = max(lane_words, (bits - tail + U64(ROUND_BITS + WORD_BITS - 1)) >> U64(4))
             words += lane_words
         counts[b] = words
 
@@ -310,24 +321,26 @@ def _decode_block_into(words, begin, end, table, raw, plane, block_start, count,
     """Decode one block (symbols [block_start, block_start + count)); weights [lo, hi) of it are written
     into `out` (indexed from lo), or, with `check`, compared with it. `plane` is the length of a raw
     plane (the tensor's weights). Returns 0, 1 for a stream that does not decode, 2 for a mismatch."""
-    buf = np.zeros(LANES, dtype=np.uint32)
+    buf = np.zeros(LANES, dtype=np.uint64)
     nbits = np.zeros(LANES, dtype=np.int64)
     pos = begin
     g = _block_group(count, group)
     for step in range(-(-count // LANES)):
         row = block_start + step // g * g * LANES + step % g   # lane 0's symbol of this step
         for lane in range(min(LANES, count - step * LANES)):
-            entry = table[buf[lane] >> np.uint32(32 - MAX_CODE_LEN)]  # in the exact tail: whether to refill
-            exact = step >= (count - lane + LANES - 1) // LANES - EXACT_STEPS
-            if nbits[lane] < (entry >> 16 if exact else MAX_CODE_LEN):
+            if step >= (count - lane + LANES - 1) // LANES - EXACT_STEPS:  # the exact tail: the code's length
+                want = np.int64(table[buf[lane] >> U64(64 - MAX_CODE_LEN)] >> 16)
+            else:
+                want = ROUND_BITS if step % ROUND_STEPS == 0 else 0
+            while nbits[lane] < want:
                 if pos >= end:
                     return 1
-                buf[lane] |= np.uint32(words[pos]) << np.uint32(16 - nbits[lane])
+                buf[lane] |= U64(words[pos]) << U64(48 - nbits[lane])
                 nbits[lane] += 16
                 pos += 1
-            entry = table[buf[lane] >> np.uint32(32 - MAX_CODE_LEN)]
+            entry = table[buf[lane] >> U64(64 - MAX_CODE_LEN)]
             n = entry >> 16
-            buf[lane] <<= np.uint32(n)
+            buf[lane] <<= U64(n)
             nbits[lane] -= n
             first = 2 * (row + lane * g)                     # the symbol's two weights
             for i in range(first, first + 2):
@@ -357,7 +370,7 @@ def _decode_whole_block(words, begin, end, table, raw, plane, block_start, steps
     tests, unsigned indices, and a mismatch or a read past the block's words reported at the end."""
     if end <= begin:
         return 1
-    buf = np.zeros(LANES, dtype=np.uint32)
+    buf = np.zeros(LANES, dtype=np.uint64)
     nbits = np.zeros(LANES, dtype=np.uint32)
     pos, last = U64(begin), U64(end - 1)
     plane = U64(plane)
@@ -366,17 +379,18 @@ def _decode_whole_block(words, begin, end, table, raw, plane, block_start, steps
     for step in range(steps):
         i = U64(2) * (U64(block_start) + U64(step) // g * g * U64(LANES) + U64(step) % g)  # lane 0's first weight
         exact = step >= steps - EXACT_STEPS
+        round_want = U32(ROUND_BITS) if step % ROUND_STEPS == 0 else U32(0)
         for lane in range(LANES):
             j = U64(lane)
             b, nb = buf[j], nbits[j]
-            want = table[U64(b >> U32(32 - MAX_CODE_LEN))] >> U32(16) if exact else U32(MAX_CODE_LEN)
-            if nb < want:
-                b |= U32(words[min(pos, last)]) << (U32(WORD_BITS) - nb)  # a truncated stream reads its last word
+            want = table[b >> U64(64 - MAX_CODE_LEN)] >> U32(16) if exact else round_want
+            while nb < want:
+                b |= U64(words[min(pos, last)]) << U64(48 - nb)  # a truncated stream reads its last word
                 nb += U32(WORD_BITS)
                 pos += U64(1)
-            entry = table[U64(b >> U32(32 - MAX_CODE_LEN))]
+            entry = table[b >> U64(64 - MAX_CODE_LEN)]
             n = entry >> U32(16)
-            buf[j] = b << n
+            buf[j] = b << U64(n)
             nbits[j] = nb - n
             v0 = _merged_bits(entry & U32(0xFF), raw, plane, i, wide)
             v1 = _merged_bits((entry >> U32(8)) & U32(0xFF), raw, plane, i + U64(1), wide)

@@ -6,9 +6,10 @@ over lanes or steps:
 
     place     its block, lane and step from the block layout (runs of `group` neighbours)
     offset    its code's first bit in its lane: a prefix sum of code lengths in lane order
-    taken     the decoder holds ceil((offset + MAX_CODE_LEN) / 16) words of the lane by its step
-              (in the lane's exact tail: as many as before the tail, or ceil((offset + bits) / 16)
-              if more), so the lane takes a word at that step when that count grows (0 or 1 a step)
+    taken     the decoder holds ceil((offset + ROUND_BITS) / 16) words of the lane by its step, the
+              offset of its round's first code (in the lane's exact tail: as many as before the
+              tail, or ceil((offset + bits) / 16) if more), so the lane takes words at that step
+              when that count grows (0, 1 or 2 a step)
     stream    words stand in the order the lockstep decoder takes them (by step, then by lane):
               a prefix sum of the `taken` flags in that order gives each word its place
     bits      a code touches at most two 16-bit words of its lane: two scatter-adds (the bits of
@@ -19,8 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from .huffman import MAX_CODE_LEN
-from .lanes import EXACT_STEPS, LANES, WORD_BITS, UncodedSymbolError, check_group
+from .lanes import EXACT_STEPS, LANES, ROUND_BITS, WORD_BITS, UncodedSymbolError, check_group
 
 CHUNK_SYMBOLS = 1 << 24  # symbols coded per pass (whole blocks): bounds the int64 intermediates (~1.5 GB)
 
@@ -95,9 +95,12 @@ class _Placement:
         bit_end = torch.cumsum(bits_lane_major, 0)
         lane_bit_start = (bit_end - bits_lane_major)[lane_start.clamp(max=max(n - 1, 0))]
         self.offset = (bit_end - bits_lane_major)[in_lane] - lane_bit_start[lane_id]  # first bit in the lane
-        # words of the lane the decoder holds by this step, and whether it takes one at this step; in the
+        # words of the lane the decoder holds by this step, and how many it takes at this step: enough for
+        # ROUND_BITS from its round's first code (at a round's second step, the code before it); in the
         # lane's exact tail, only as many as its codes need, and no fewer than it held before the tail
-        held = (self.offset + MAX_CODE_LEN + WORD_BITS - 1) // WORD_BITS
+        offset_lane_major = torch.zeros(n, dtype=torch.int64, device=device).index_copy_(0, in_lane, self.offset)
+        round_offset = torch.where(step % 2 == 1, offset_lane_major[(in_lane - 1).clamp(min=0)], self.offset)
+        held = (round_offset + ROUND_BITS + WORD_BITS - 1) // WORD_BITS
         held_lane_major = torch.zeros(n, dtype=torch.int64, device=device).index_copy_(0, in_lane, held)
         num = lane_symbols[lane_id]
         before_tail = lane_start + lane_symbols - EXACT_STEPS - 1  # the lane's last step before its tail
@@ -109,7 +112,7 @@ class _Placement:
         held_lane_major = torch.zeros(n, dtype=torch.int64, device=device).index_copy_(0, in_lane, self.held)
         before = torch.cat([torch.zeros(1, dtype=torch.int64, device=device), held_lane_major[:-1]])
         before[lane_start[lane_symbols > 0]] = 0               # a lane's first step holds no word before it
-        self.taken = (held_lane_major - before)[in_lane]       # 0 or 1
+        self.taken = (held_lane_major - before)[in_lane]       # 0, 1 or 2
         # the stream: by block, then step, then lane
         order = block * block_size + step * LANES + lane
         flags = torch.zeros(num_blocks * block_size, dtype=torch.int64, device=device).index_copy_(0, order, self.taken)
@@ -133,9 +136,11 @@ def _encode_blocks(values, codes, lengths, steps, group) -> tuple[torch.Tensor, 
     lane_words = torch.zeros(place.num_words + 1, dtype=torch.int64, device=device)
     lane_words.index_add_(0, first, shifted >> WORD_BITS)
     lane_words.index_add_(0, first + 1, shifted & 0xFFFF)   # 0 unless the code crosses into the next word
-    # the stream: the word a lane takes at a step is its (held - 1)-th
-    taken = place.taken.bool()
+    # the stream: the words a lane takes at a step are its (held - taken)-th to (held - 1)-th
     stream = torch.zeros(place.num_words, dtype=torch.int64, device=device)
-    stream[place.stream_at[taken]] = lane_words[(place.lane_word_start + place.held - 1)[taken]]
+    first_taken = place.lane_word_start + place.held - place.taken
+    for k in range(2):
+        taken = place.taken > k
+        stream[place.stream_at[taken] + k] = lane_words[(first_taken + k)[taken]]
     index = torch.cat([torch.zeros(1, dtype=torch.int64, device=device), place.block_ends])
     return stream.to(torch.int32).view(torch.int16)[0::2].contiguous(), index

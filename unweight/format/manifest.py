@@ -20,9 +20,10 @@ from .safetensors_file import DTYPE_SIZES, MAX_HEADER_BYTES
 
 MANIFEST_NAME = "unweight.json"
 FORMAT_NAME = "unweight-packed"
-FORMAT_VERSION = 3          # written; 3: symbols are exponent pairs (codec/huffman.py), codes up to 13 bits
-READ_VERSIONS = (3,)        # read
-OLD_VERSIONS = (1, 2)       # refused with their own message: they coded single exponents
+FORMAT_VERSION = 4          # written; 4: refills in rounds of two codes (codec/lanes.py); symbols are exponent
+                            # pairs (codec/huffman.py), codes up to 13 bits
+READ_VERSIONS = (4,)        # read
+OLD_VERSIONS = (1, 2, 3)    # refused with their own message: 1, 2 coded single exponents, 3 refilled every code
 MAX_MANIFEST_BYTES = 256 * 1024 * 1024
 ENCODINGS = ("lanes", "zstd", "raw")
 STREAM_ROLES = {"lanes": ("words", "index", "raw"), "zstd": ("data",), "raw": ("data",)}
@@ -130,9 +131,9 @@ def _check_version(path: Path, body) -> None:
                           f"{body.get('format') if isinstance(body, dict) else None!r}, expected {FORMAT_NAME!r})")
     version = body.get("format_version")
     if version in OLD_VERSIONS and not isinstance(version, bool):
-        raise FormatError(f"{path}: format version {version} codes single exponents, which this unweight does not "
-                          f"read (it writes and reads version {FORMAT_VERSION}, codes of exponent pairs); "
-                          f"re-compress the source with `unweight compress`")
+        raise FormatError(f"{path}: format version {version} has a stream layout this unweight does not read "
+                          f"(it writes and reads version {FORMAT_VERSION}: codes of exponent pairs, refilled in "
+                          f"rounds of two); re-compress the source with `unweight compress`")
     if version not in READ_VERSIONS or isinstance(version, bool):
         raise FormatError(f"{path}: format version {version!r} is not supported by this unweight "
                           f"(reads versions {', '.join(map(str, READ_VERSIONS))}); upgrade unweight or re-compress "

@@ -11,16 +11,18 @@ equals the threads keeps lane j of row r on thread j of warp r, which the ballot
 
 Per lane and step (see unweight/codec/lanes.py for the encoder's side):
 
-    buf      uint32, MSB-aligned bits; room = 16 - (bits buffered), the shift that puts the
-             next word right behind them
-    refill   if room > 3 (fewer than 13 bits; in a lane's last EXACT_STEPS steps: if the code looked up
-             from the bits it holds is longer than them): buf |= word << room; room -= 16, where the
-             word is stream[base + number of refilling lanes before this one]: from a ring of the
-             row's words staged in shared memory ahead of use, or from a window of the row's next
-             32 words in registers (a lane takes its word by warp shuffle), or loaded
-    decode   entry = table[buf >> 19] (uint32: symbol | length << 16, the symbol the exponent fields
+    buf      hi:lo, 64 bits MSB-aligned (two uint32), `held` of them buffered
+    refill   at a round's first step (every other step), a lane holding fewer than ROUND_BITS = 26 bits
+             takes one word, two if it holds fewer than 10 (in a lane's last EXACT_STEPS steps instead:
+             one if the code looked up from the bits it holds is longer than them): the words go right
+             behind the held bits. Lanes take consecutive words of the row's stream, in lane order, so
+             a lane's first word is the row's next word + the words the lanes before it take (two
+             votes and popcounts), read from a ring of the row's words staged in shared memory ahead of
+             use (or loaded)
+    decode   entry = table[hi >> 19] (uint32: symbol | length << 16, the symbol the exponent fields
              of two weights, bits 0..7 and 8..15; by default from a copy of the table in shared
-             memory); buf <<= length; room += length
+             memory); hi:lo <<= length; held -= length. Between two refills the chain from one code
+             to the next is this lookup and a shift.
     merge    bf16/fp16: raw = s << 7 | bits 0..6          value = (raw & 0x80) << 8 | field << 7 | raw & 0x7F
              fp32: p0 = bits 0..7, p1 = bits 8..15, p2 = s << 7 | bits 16..22
                    value = (p2 & 0x80) << 24 | field << 23 | (p2 & 0x7F) << 16 | p1 << 8 | p0
@@ -46,6 +48,7 @@ from ..codec.huffman import TABLE_SIZE
 from ..codec.lanes import GROUPS as _GROUPS
 from ..codec.lanes import LANES as _LANES
 from ..codec.lanes import EXACT_STEPS as _EXACT_STEPS
+from ..codec.lanes import ROUND_BITS as _ROUND_BITS
 from ..codec.lanes import WORD_BITS as _WORD_BITS
 from ..errors import UnweightError
 
@@ -54,7 +57,7 @@ logger = logging.getLogger(__name__)
 LANES = tl.constexpr(_LANES)                   # lanes of a block = threads of a warp
 WORD_BITS = tl.constexpr(_WORD_BITS)           # a refill brings one 16-bit word
 MAX_CODE_LEN = tl.constexpr(_MAX_CODE_LEN)     # refill below this many buffered bits
-PEEK_SHIFT = tl.constexpr(32 - _MAX_CODE_LEN)  # buf >> PEEK_SHIFT = the next 13 bits
+PEEK_SHIFT = tl.constexpr(32 - _MAX_CODE_LEN)  # hi >> PEEK_SHIFT = the next 13 bits
 PREFETCH_STEPS = tl.constexpr(8)               # PREFETCH: raw bytes this many steps ahead (2 lines)...
 PREFETCH_WORDS = tl.constexpr(128)             # ...and lane words this many words ahead (~24 steps)
 
@@ -72,15 +75,12 @@ TABLE_SHARED = 1    # the table copied into shared memory when a program starts 
                     # needs the ballot's tile, one lane a thread: with the scan prefix the table is read as GLOBAL)
 _TABLE_BYTES = 4 * TABLE_SIZE
 _STATIC_SHARED = 48 * 1024  # static shared memory a block may declare: the table and the rings share it
-# Where a refilling lane's word comes from.
-WINDOW_LOAD = 0     # a load from the row's stream on the step's chain
-WINDOW_REGISTERS = 1  # the row's next 32 words, loaded a step ahead, one a lane, taken by warp shuffle
+# Where a refilling lane's words come from.
+WINDOW_LOAD = 0     # loads from the row's stream on the round's chain (portable)
 WINDOW_RING = 2     # a ring of the row's words in shared memory, staged hundreds of words ahead by cp.async
-                    # (inline PTX, CUDA only; needs the ballot's tile, 8-byte aligned words and vector runs)
-_WINDOW_REGISTERS = tl.constexpr(WINDOW_REGISTERS)
-# Whether a step is in the lanes' exact tail (codec/lanes.py): no lane, every lane, lanes given by a flag.
-_EXACT_NONE, _EXACT_ALL, _EXACT_LANES = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
+                    # (inline PTX, CUDA only; needs the ballot's tile and 8-byte aligned words)
 EXACT_STEPS = tl.constexpr(_EXACT_STEPS)
+ROUND_BITS = tl.constexpr(_ROUND_BITS)         # a round's refill leaves at least this many bits
 _WINDOW_RING = tl.constexpr(WINDOW_RING)
 _PREFIX_BALLOT = tl.constexpr(PREFIX_BALLOT)
 _TABLE_SHARED = tl.constexpr(TABLE_SHARED)
@@ -99,10 +99,10 @@ class DecodeConfig:
     prefix: int = PREFIX_BALLOT
     table: int = TABLE_SHARED  # the 32 KiB table in shared memory
     prefetch: bool = True    # PTX prefetch of raw bytes and lane words ahead of use (CUDA only)
-    unroll: int = 4          # steps per loop iteration (the prefetch is issued once an iteration); at least
-                             # the tensor's group
+    unroll: int = 4          # steps per loop iteration, whole rounds of two (the prefetch is issued once an
+                             # iteration); at least the tensor's group
     window: int = WINDOW_RING  # where refill words come from (WINDOW_*): the ring keeps global loads off the
-                               # step's chain
+                               # round's chain
     vector: bool = True      # a run's raw bytes one load and its weights one store (fp32: a symbol's two weights)
 
     def __post_init__(self):
@@ -111,8 +111,8 @@ class DecodeConfig:
                   "num_warps": self.num_warps in (1, 2, 4, 8, 16),
                   "prefix": self.prefix in (PREFIX_SCAN, PREFIX_BALLOT),
                   "table": self.table in (TABLE_GLOBAL, TABLE_SHARED),
-                  "unroll": self.unroll in (1, 2, 4),
-                  "window": self.window in (WINDOW_LOAD, WINDOW_REGISTERS, WINDOW_RING)
+                  "unroll": self.unroll in (2, 4),
+                  "window": self.window in (WINDOW_LOAD, WINDOW_RING)
                   and (self.window != WINDOW_RING or self.table != TABLE_SHARED
                        or _TABLE_BYTES + (self.rows + 1) * _RING_BYTES <= _STATIC_SHARED)}
         for name, ok in checks.items():
@@ -121,8 +121,8 @@ class DecodeConfig:
                                     f"(rows: a power of two, at least num_warps, equal to it with the ballot "
                                     f"prefix; num_warps: 1..16, a power of two; "
                                     f"prefix: {PREFIX_SCAN} or {PREFIX_BALLOT}; table: {TABLE_GLOBAL} or "
-                                    f"{TABLE_SHARED}; unroll: 1, 2 or 4; window: {WINDOW_LOAD}, "
-                                    f"{WINDOW_REGISTERS} or {WINDOW_RING}, the ring with the shared table for at "
+                                    f"{TABLE_SHARED}; unroll: 2 or 4; window: {WINDOW_LOAD} or "
+                                    f"{WINDOW_RING}, the ring with the shared table for at "
                                     f"most 8 rows: their shared memory)")
 
     def portable(self) -> "DecodeConfig":
@@ -132,10 +132,10 @@ class DecodeConfig:
 
     def without_ballot(self) -> "DecodeConfig":
         """The same with the portable prefix (and the table read from global memory where it was in
-        shared memory, the window in registers where it was a ring: both need the ballot's
+        shared memory, words loaded where they were staged in a ring: both need the ballot's
         one-lane-a-thread tile)."""
         table = TABLE_GLOBAL if self.table == TABLE_SHARED else self.table
-        return replace(self, prefix=PREFIX_SCAN, table=table, window=min(self.window, WINDOW_REGISTERS))
+        return replace(self, prefix=PREFIX_SCAN, table=table, window=WINDOW_LOAD)
 
 
 DEFAULT_CONFIG = DecodeConfig()
@@ -154,61 +154,71 @@ _min = tl.standard._elementwise_min
 _max = tl.standard._elementwise_max
 
 
+# _word_slots in PTX: a vote a word count gives the lanes' flags as a bit mask over hardware lanes (the tile
+# layout puts lane j of every row on hardware lane j, checked at compile time); $2 is the lane's need, or
+# the bits it holds at a round's first step
+_SLOTS_TWO = """{{
+    .reg .pred p, q;
+    .reg .b32 m, n, lt, a, b;
+    {};
+    {};
+    vote.sync.ballot.b32 m, p, 0xffffffff;
+    vote.sync.ballot.b32 n, q, 0xffffffff;
+    mov.u32 lt, %lanemask_lt;
+    and.b32 a, lt, m;
+    and.b32 b, lt, n;
+    popc.b32 a, a;
+    popc.b32 b, b;
+    add.s32 $0, a, b;
+    popc.b32 a, m;
+    popc.b32 b, n;
+    add.s32 $1, a, b;
+    }}"""
+SLOTS_ONE = tl.constexpr("""{
+    .reg .pred p;
+    .reg .b32 m, lt;
+    setp.ne.s32 p, $2, 0;
+    vote.sync.ballot.b32 m, p, 0xffffffff;
+    mov.u32 lt, %lanemask_lt;
+    and.b32 lt, lt, m;
+    popc.b32 $0, lt;
+    popc.b32 $1, m;
+    }""")
+SLOTS_TWO = tl.constexpr(_SLOTS_TWO.format("setp.gt.s32 p, $2, 0", "setp.gt.s32 q, $2, 1"))
+SLOTS_ROUND = tl.constexpr(_SLOTS_TWO.format(f"setp.lt.s32 p, $2, {_ROUND_BITS}",
+                                             f"setp.lt.s32 q, $2, {_ROUND_BITS - _WORD_BITS}"))
+# what _refill's lanes take: a word or none, up to two words, a round's words (from the bits they hold)
+_TAKE_ONE, _TAKE_TWO, _TAKE_ROUND = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
+
+
 @triton.jit
-def _word_slots(need, ROWS: tl.constexpr, PREFIX: tl.constexpr):
-    """Per lane: how many lanes before it take a word this step, how many lanes of its row take one,
-    and the bits it takes (WORD_BITS or 0)."""
-    # need: int32 [ROWS * LANES] (row-major: element r * LANES + j is lane j of row r), 0 or 1
+def _word_slots(x, ROWS: tl.constexpr, PREFIX: tl.constexpr, TAKE: tl.constexpr):
+    """Per lane: how many words the lanes before it in its row take this step, and how many its row takes.
+    x: int32 [ROWS * LANES], row-major (element r * LANES + j is lane j of row r): the words each lane
+    takes (0 or 1; with _TAKE_TWO up to 2), or with _TAKE_ROUND the bits it holds at a round's first step."""
     if PREFIX == _PREFIX_BALLOT:
-        # One vote gives the step's need flags as a bit mask over hardware lanes; the
-        # tile layout puts lane j of every row on hardware lane j (checked at compile time).
-        before, total, bits = tl.inline_asm_elementwise(
-            asm="""{
-            .reg .pred p;
-            .reg .b32 m, lt;
-            setp.ne.s32 p, $3, 0;
-            vote.sync.ballot.b32 m, p, 0xffffffff;
-            mov.u32 lt, %lanemask_lt;
-            and.b32 lt, lt, m;
-            popc.b32 $0, lt;
-            popc.b32 $1, m;
-            selp.b32 $2, 16, 0, p;
-            }""",
-            constraints="=r,=r,=r,r", args=[need], dtype=(tl.int32, tl.int32, tl.int32), is_pure=True, pack=1)
+        if TAKE == _TAKE_ONE:
+            before, total = tl.inline_asm_elementwise(asm=SLOTS_ONE, constraints="=r,=r,r", args=[x],
+                                                      dtype=(tl.int32, tl.int32), is_pure=True, pack=1)
+        elif TAKE == _TAKE_TWO:
+            before, total = tl.inline_asm_elementwise(asm=SLOTS_TWO, constraints="=r,=r,r", args=[x],
+                                                      dtype=(tl.int32, tl.int32), is_pure=True, pack=1)
+        else:
+            before, total = tl.inline_asm_elementwise(asm=SLOTS_ROUND, constraints="=r,=r,r", args=[x],
+                                                      dtype=(tl.int32, tl.int32), is_pure=True, pack=1)
     else:
+        need = _round_need(x) if TAKE == _TAKE_ROUND else x
         rows = tl.reshape(need, [ROWS, LANES])
         before = tl.reshape(tl.associative_scan(rows, 1, _add) - rows, [ROWS * LANES])
         total = tl.reshape(tl.reduce(rows, 1, _add)[:, None] + rows * 0, [ROWS * LANES])
-        bits = need * WORD_BITS
-    return before, total, bits
+    return before, total
 
 
 @triton.jit
-def _window_word(window, before, ROWS: tl.constexpr, PREFIX: tl.constexpr):
-    """Word `before` of each row's window (lane k of a row holds the row's k-th word not yet taken)."""
-    if PREFIX == _PREFIX_BALLOT:
-        # same layout requirement as the ballot: lane j of every row on hardware lane j
-        word = tl.inline_asm_elementwise(asm="shfl.sync.idx.b32 $0, $1, $2, 0x1f, 0xffffffff;",
-                                         constraints="=r,r,r", args=[window, before], dtype=tl.int32,
-                                         is_pure=True, pack=1)
-    else:
-        row_base = tl.arange(0, ROWS * LANES) // LANES * LANES
-        word = tl.gather(window, row_base + before, axis=0)
-    return word
-
-
-@triton.jit
-def _load_window(word_row, word_at, word_limit):
-    """Word word_at of the row's stream for each lane (the row's window: the 32 words after those it
-    has taken), as int32. Past the row's stream a lane reads its last word again (clamped, no mask):
-    such words are never taken."""
-    return tl.load(word_row + tl.maximum(tl.minimum(word_at, word_limit - 1), 0)).to(tl.int32)
-
-
-@triton.jit
-def _lookup(buf, table_ptr, TABLE: tl.constexpr):
-    """Decode-table entry (symbol | length << 16, int32) for the next 13 bits of each buffer (table_ptr: *i32)."""
-    peek = (buf >> PEEK_SHIFT).to(tl.int32)
+def _lookup(hi, table_ptr, TABLE: tl.constexpr):
+    """Decode-table entry (symbol | length << 16, int32) for the next 13 bits of each lane's buffer, the top of
+    its high word (table_ptr: *i32)."""
+    peek = (hi >> PEEK_SHIFT).to(tl.int32)
     if TABLE == _TABLE_SHARED:
         entry = tl.inline_asm_elementwise(
             asm="{ .reg .u32 a; mov.u32 a, unweight_table; mad.lo.u32 a, $1, 4, a; ld.shared.u32 $0, [a]; }",
@@ -335,53 +345,77 @@ def _ring_ready(x, PENDING: tl.constexpr):
 
 
 @triton.jit
-def _next_entry(buf, room, word_at, window, active, exact, word_row, word_limit, table_ptr, ROWS: tl.constexpr,
-                PREFIX: tl.constexpr, TABLE: tl.constexpr, MASKED: tl.constexpr, WINDOW: tl.constexpr,
-                EXACT: tl.constexpr):
-    """One step of every row: refill the lanes that run low, then decode one symbol a lane.
+def _round_need(held):
+    """Words a lane takes at a round's first step: enough to hold ROUND_BITS bits (it holds `held`; the
+    ballot prefix compares in PTX: 26 and 10)."""
+    return (held < ROUND_BITS).to(tl.int32) + (held < ROUND_BITS - WORD_BITS).to(tl.int32)
 
-    State per lane: buf (uint32, MSB-aligned bits), room = 16 - buffered bits (the shift that puts
-    the next word right after them), word_at = words the row has taken + the lane's index in the row
-    (the word of the row's window the lane loads; with the ring: the byte offset in the tensor's words
-    of the row's next word, and window the row's ring). Returns the new state and the
-    table entry of the symbol. Without MASKED every lane of every row is active. EXACT: whether this step
-    is in the lanes' exact tail (codec/lanes.py): _EXACT_NONE, _EXACT_ALL, or _EXACT_LANES where `exact`.
-    """
-    need = room > WORD_BITS - MAX_CODE_LEN                 # [ROWS * LANES]: fewer than 13 bits left
-    if EXACT != _EXACT_NONE:
-        # in a lane's exact tail it takes a word only for a code longer than the bits it holds: the code
-        # is looked up first (bits past those held are 0; the entry's length exceeds them exactly when the
-        # code's does)
-        short = ((_lookup(buf, table_ptr, TABLE) >> 16) + room) > WORD_BITS
-        if EXACT == _EXACT_ALL:
-            need = short
-        else:
-            need = tl.where(exact, short, need)
-    if MASKED:
-        need = need & active                               # lanes past the end of a partial block
-    need = need.to(tl.int32)
-    before, total, bits = _word_slots(need, ROWS, PREFIX)
-    if WINDOW == _WINDOW_RING:
-        # window: the row's ring in shared memory; word_at: the byte of the tensor's words the row reads next
-        word = tl.where(need != 0, _ring_word(window, word_at + (before << 1)), 0).to(tl.uint32)
-        word_at += total << 1
-    elif WINDOW == _WINDOW_REGISTERS:
-        # the words this step can take are the row's next 32: loaded during the previous step,
-        # so the refill is a shuffle instead of a load on the step's dependent chain
-        word = tl.where(need != 0, _window_word(window, before, ROWS, PREFIX), 0).to(tl.uint32)
-        word_at += total
-        window = _load_window(word_row, word_at, word_limit)  # for the next step, in flight meanwhile
+
+@triton.jit
+def _exact_need(hi, held, table_ptr, TABLE: tl.constexpr):
+    """Words a lane takes at a step of its exact tail (codec/lanes.py): one if its next code is longer than
+    the bits it holds. The code is looked up first: bits past those held are 0, and the entry's length
+    exceeds them exactly when the code's does."""
+    return ((_lookup(hi, table_ptr, TABLE) >> 16) > held).to(tl.int32)
+
+
+@triton.jit
+def _refill(hi, lo, held, x, word_at, ring, word_row, word_limit, ROWS: tl.constexpr, PREFIX: tl.constexpr,
+            WINDOW: tl.constexpr, TAKE: tl.constexpr):
+    """Every lane takes its next words into its buffer: with _TAKE_ROUND, a round's (_round_need of the bits
+    it holds, up to 2), else x of them (an int32 a lane: 0 or 1, with _TAKE_TWO up to 2).
+
+    State per lane: hi:lo (64 bits, MSB-aligned, `held` of them buffered; a lane that takes words holds
+    fewer than ROUND_BITS, so they go below bit 32 of hi), word_at: with the ring, the byte offset in the
+    tensor's words of the row's next word (`ring` the row's ring), else the words the row has taken.
+    Lanes that take words take consecutive ones, in lane order. Returns the new state."""
+    before, total = _word_slots(held if TAKE == _TAKE_ROUND else x, ROWS, PREFIX, TAKE)
+    if TAKE == _TAKE_ROUND:
+        one = held < ROUND_BITS
+        two = held < ROUND_BITS - WORD_BITS
     else:
-        slot = word_at - tl.arange(0, ROWS * LANES) % LANES + before  # word index inside the row's stream
-        fetch = (need != 0) & (slot < word_limit)          # never read past the block's words
-        word = tl.load(word_row + slot, mask=fetch, other=0).to(tl.uint32)
+        one = x > 0
+        two = x > 1
+    if WINDOW == _WINDOW_RING:
+        at = word_at + (before << 1)
+        w0 = _ring_word(ring, at)
+        if TAKE != _TAKE_ONE:
+            w1 = _ring_word(ring, at + 2)
+        word_at += total << 1
+    else:
+        slot = word_at + before                            # word index inside the row's stream
+        w0 = tl.load(word_row + slot, mask=one & (slot < word_limit), other=0).to(tl.int32)
+        if TAKE != _TAKE_ONE:
+            w1 = tl.load(word_row + slot + 1, mask=two & (slot + 1 < word_limit), other=0).to(tl.int32)
         word_at += total
-    buf |= word << (room & 31).to(tl.uint32)               # word is 0 unless refilling (room 4..16)
-    entry = _lookup(buf, table_ptr, TABLE)
+    bits = tl.where(one, w0 & 0xFFFF, 0).to(tl.uint32) << 16  # the words, MSB-aligned in 32 bits
+    if TAKE != _TAKE_ONE:
+        bits |= tl.where(two, w1 & 0xFFFF, 0).to(tl.uint32)
+    if PREFIX == _PREFIX_BALLOT:
+        # hi:lo |= bits:0 >> held, by shifts that give 0 past 32 (no mask of held, which is below 26 where
+        # bits is not 0)
+        hi, lo = tl.inline_asm_elementwise(
+            "{ .reg .b32 t, u; shr.b32 t, $4, $5; shf.r.clamp.b32 u, 0, $4, $5; or.b32 $0, $2, t; "
+            "or.b32 $1, $3, u; }", "=r,=r,r,r,r,r", [hi, lo, bits, held], dtype=(tl.uint32, tl.uint32),
+            is_pure=True, pack=1)
+    else:
+        at_bit = (held & 31).to(tl.uint32)                # the held bits, where bits is not 0 (fewer than 26)
+        hi |= bits >> at_bit
+        lo |= (bits << 1) << (31 - at_bit)                 # the bits past hi (none for at_bit 0)
+    held += (one.to(tl.int32) + two.to(tl.int32)) * WORD_BITS
+    return hi, lo, held, word_at
+
+
+@triton.jit
+def _decode_symbol(hi, lo, held, table_ptr, TABLE: tl.constexpr):
+    """Decode one symbol a lane: its table entry (symbol | length << 16) from the buffer's top 13 bits,
+    and the buffer shifted past its code."""
+    entry = _lookup(hi, table_ptr, TABLE)
     length = entry >> 16
-    buf <<= length.to(tl.uint32)
-    room += length - bits
-    return buf, room, word_at, window, entry
+    n = length.to(tl.uint32)
+    hi = (hi << n) | (lo >> (32 - n))                      # n is 1..13
+    lo <<= n
+    return hi, lo, held - length, entry
 
 
 @triton.jit
@@ -433,39 +467,67 @@ def _store_pair(entry, raw_at, out_at, plane_stride, write, RAW_PLANES: tl.const
 
 
 @triton.jit
-def _decode_whole(num_steps, lane, is_row, raw_row, out_row, raw_vec, out_vec, words_ptr, word0, word_limit,
+def _ring_start(ring, words_ptr, word0, word_limit, lane):
+    """Stage the first RING_AHEAD bytes of each row's words (words_ptr[word0:][:word_limit]) in its ring
+    and wait for them: (word_at, staged, words_bytes, word_end), byte offsets in the tensor's words
+    (int32: a tensor's words stay below 2 GiB) of the row's next word, of the end of what is staged and
+    of the row's end, and the words as bytes."""
+    words_bytes = words_ptr.to(tl.pointer_type(tl.uint8))
+    word_end = (2 * (word0 + word_limit)).to(tl.int32)
+    word_at = (2 * word0).to(tl.int32) + lane * 0
+    staged = word_at // CHUNK_BYTES * CHUNK_BYTES
+    for _ in tl.static_range(RING_AHEAD // CHUNK_BYTES):  # RING_AHEAD - CHUNK_BYTES + 1 bytes past the start, at least
+        staged = _ring_stage(ring, words_bytes, staged, lane, word_end, staged < word_end)
+    _ring_ready(staged, 0)
+    return word_at, staged, words_bytes, word_end
+
+
+@triton.jit
+def _ring_advance(ring, words_bytes, staged, word_at, word_end, lane):
+    """Once a loop iteration, before its steps: stage one more chunk of each row's words if fewer than
+    RING_AHEAD bytes are staged past its read position, then wait for the chunks of the iterations before.
+    An iteration reads at most 4 steps * 32 words = CHUNK_BYTES (a round takes at most two words a lane), so
+    waiting for all but this iteration's copy leaves at least RING_AHEAD - 2 * CHUNK_BYTES = CHUNK_BYTES
+    ready; the ring's bytes it overwrites were read before this iteration, by lanes that the barrier holds
+    back until then."""
+    _ring_barrier(staged)
+    staged = _ring_stage(ring, words_bytes, staged, lane, word_end,
+                         (staged < word_at + RING_AHEAD) & (staged < word_end))
+    _ring_ready(staged, 1)
+    return staged
+
+
+@triton.jit
+def _words_start(ring, words_ptr, word0, word_limit, lane, WINDOW: tl.constexpr):
+    """The rows' empty buffers (hi, lo, held) and where their words are read (see _refill): word_at, staged,
+    words_bytes, word_end (the last three for the ring)."""
+    if WINDOW == _WINDOW_RING:
+        word_at, staged, words_bytes, word_end = _ring_start(ring, words_ptr, word0, word_limit, lane)
+    else:
+        word_at = lane * 0                                 # words the row has taken
+        staged = word_at                                   # unused
+        words_bytes = words_ptr + word0
+        word_end = word_limit
+    hi = (lane * 0).to(tl.uint32)
+    return hi, hi, lane * 0, word_at, staged, words_bytes, word_end
+
+
+@triton.jit
+def _decode_whole(num_steps, lane, is_row, raw_row, out_row, raw_vec, out_vec, words_ptr, word0, word_limit, ring,
                   plane_stride, table_ptr, last, ROWS: tl.constexpr, RAW_PLANES: tl.constexpr,
                   PREFIX: tl.constexpr, TABLE: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr,
-                  WINDOW: tl.constexpr, GROUP: tl.constexpr, VECTOR: tl.constexpr, RING_DECL: tl.constexpr):
-    """Every row's block written whole, num_steps steps in every lane (a whole block, or a tensor's last block
-    of whole runs in every lane): no masks. Each lane decodes runs of GROUP neighbouring
+                  WINDOW: tl.constexpr, GROUP: tl.constexpr, VECTOR: tl.constexpr):
+    """Every row a whole block, written whole: no masks. Each lane decodes runs of GROUP neighbouring
     symbols (the block layout, codec/lanes.py), 2 * GROUP weights; raw_row and out_row point at the
     block's first weight, `last` is its last weight's offset. With VECTOR a 16-bit run's raw bytes are
     one load and its weights one store (raw_vec / out_vec point at the lane's first run in those units),
-    an fp32 symbol's two weights one store. Rows that are not is_row decode a copy of another row and store nothing. The
-    row's stream: words_ptr[word0:][:word_limit]. The loop runs the steps before the lanes' exact tail;
-    the tail's EXACT_STEPS steps (a lookup before each refill decision) follow it.
-
-    With the ring, each iteration first stages one more chunk of the row's words if fewer than
-    RING_AHEAD bytes are staged past its read position (an iteration reads at most UNROLL * 32 = 128
-    words, one chunk) and then waits for the stagings of the iterations before, which hold every
-    word this one can read."""
+    an fp32 symbol's two weights one store. Rows that are not is_row decode a copy of another row and
+    store nothing. The row's stream: words_ptr[word0:][:word_limit], staged in `ring` with the ring.
+    The loop runs the steps before the lanes' exact tail, in rounds (a refill, then two steps); the
+    tail's EXACT_STEPS steps (a lookup before each refill decision) follow it."""
     word_row = words_ptr + word0
-    if WINDOW == _WINDOW_RING:
-        # byte offsets in the tensor's words (int32: a tensor's words stay below 2 GiB)
-        words_bytes = words_ptr.to(tl.pointer_type(tl.uint8))
-        word_end = (2 * (word0 + word_limit)).to(tl.int32)
-        ring = _ring_rows(ROWS, RING_DECL)
-        word_at = (2 * word0).to(tl.int32) + lane * 0
-        staged = word_at // CHUNK_BYTES * CHUNK_BYTES
-        for _ in tl.static_range(RING_AHEAD // CHUNK_BYTES):  # RING_AHEAD - CHUNK_BYTES + 1 bytes past the start, at least
-            staged = _ring_stage(ring, words_bytes, staged, lane, word_end, staged < word_end)
-        _ring_ready(staged, 0)
-        buf = tl.full([ROWS * LANES], 0, tl.uint32)
-        room = tl.full([ROWS * LANES], WORD_BITS, tl.int32)
-        window = ring
-    else:
-        buf, room, word_at, window = _initial_state(word_row, word_limit, ROWS, WINDOW)
+    hi, lo, held, word_at, staged, words_bytes, word_end = _words_start(ring, words_ptr, word0, word_limit, lane,
+                                                                        WINDOW)
     lane_at = 2 * GROUP * lane                             # the lane's first weight in the block
     raw_at = raw_row + lane_at
     out_at = out_row + lane_at
@@ -480,30 +542,27 @@ def _decode_whole(num_steps, lane, is_row, raw_row, out_row, raw_vec, out_vec, w
     else:
         raw_a = word_at                                    # unused
         raw_b = word_at
-    if WINDOW != _WINDOW_RING:
-        staged = word_at                                   # unused
-        words_bytes = word_row
-        word_end = word_limit
     tail = num_steps - EXACT_STEPS                         # the lanes' exact tail (codec/lanes.py)
     for t in tl.range(0, tail, UNROLL, loop_unroll_factor=2):  # two copies: no register move for raw_a
-        buf, room, word_at, window, staged, raw_a, raw_b, raw_at, out_at, raw_vec, out_vec = _iteration(
-            t, num_steps, buf, room, word_at, window, staged, raw_a, raw_b, raw_at, out_at, raw_vec, out_vec, lane,
+        hi, lo, held, word_at, staged, raw_a, raw_b, raw_at, out_at, raw_vec, out_vec = _iteration(
+            t, num_steps, hi, lo, held, word_at, ring, staged, raw_a, raw_b, raw_at, out_at, raw_vec, out_vec, lane,
             lane_at, is_row, raw_row, last, word_row, word_limit, words_bytes, word_end, plane_stride, table_ptr,
             ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL, WINDOW, GROUP, VECTOR, False)
     for k in tl.static_range(EXACT_STEPS // UNROLL):
-        buf, room, word_at, window, staged, raw_a, raw_b, raw_at, out_at, raw_vec, out_vec = _iteration(
-            tail + k * UNROLL, num_steps, buf, room, word_at, window, staged, raw_a, raw_b, raw_at, out_at, raw_vec,
+        hi, lo, held, word_at, staged, raw_a, raw_b, raw_at, out_at, raw_vec, out_vec = _iteration(
+            tail + k * UNROLL, num_steps, hi, lo, held, word_at, ring, staged, raw_a, raw_b, raw_at, out_at, raw_vec,
             out_vec, lane, lane_at, is_row, raw_row, last, word_row, word_limit, words_bytes, word_end, plane_stride,
             table_ptr, ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL, WINDOW, GROUP, VECTOR, True)
 
 
 @triton.jit
-def _iteration(t, num_steps, buf, room, word_at, window, staged, raw_a, raw_b, raw_at, out_at, raw_vec, out_vec, lane,
-               lane_at, is_row, raw_row, last, word_row, word_limit, words_bytes, word_end, plane_stride, table_ptr,
-               ROWS: tl.constexpr, RAW_PLANES: tl.constexpr, PREFIX: tl.constexpr, TABLE: tl.constexpr,
+def _iteration(t, num_steps, hi, lo, held, word_at, ring, staged, raw_a, raw_b, raw_at, out_at, raw_vec, out_vec,
+               lane, lane_at, is_row, raw_row, last, word_row, word_limit, words_bytes, word_end, plane_stride,
+               table_ptr, ROWS: tl.constexpr, RAW_PLANES: tl.constexpr, PREFIX: tl.constexpr, TABLE: tl.constexpr,
                PREFETCH: tl.constexpr, UNROLL: tl.constexpr, WINDOW: tl.constexpr, GROUP: tl.constexpr,
                VECTOR: tl.constexpr, EXACT: tl.constexpr):
-    """Steps [t, t + UNROLL) of _decode_whole's rows (EXACT: steps of the lanes' exact tail); the new state."""
+    """Steps [t, t + UNROLL) of _decode_whole's rows (t even; EXACT: steps of the lanes' exact tail); the
+    new state."""
     RUNS: tl.constexpr = UNROLL // GROUP                   # runs a lane decodes an iteration
     if PREFETCH:
         # each run of the iteration its own lines (a lane's run is a line's 32nd part)
@@ -511,14 +570,7 @@ def _iteration(t, num_steps, buf, room, word_at, window, staged, raw_a, raw_b, r
             _prefetch_ahead(raw_row, plane_stride, 2 * (t + r * GROUP) * LANES + lane_at, last, word_row, word_at,
                             word_limit, RAW_PLANES, (r == 0) & (WINDOW != _WINDOW_RING))
     if WINDOW == _WINDOW_RING:
-        # one chunk an iteration keeps RING_AHEAD - CHUNK_BYTES staged ahead (an iteration reads at most
-        # UNROLL * 32 words = CHUNK_BYTES); waiting for all but this iteration's copy leaves at least
-        # RING_AHEAD - 2 * CHUNK_BYTES = CHUNK_BYTES ready; the ring's bytes it overwrites were read
-        # before this iteration, by lanes that the barrier holds back until then
-        _ring_barrier(staged)
-        staged = _ring_stage(window, words_bytes, staged, lane, word_end,
-                             (staged < word_at + RING_AHEAD) & (staged < word_end))
-        _ring_ready(staged, 1)
+        staged = _ring_advance(ring, words_bytes, staged, word_at, word_end, lane)
     next_a = raw_a
     next_b = raw_b
     if VECTOR and RAW_PLANES == 1:
@@ -527,14 +579,21 @@ def _iteration(t, num_steps, buf, room, word_at, window, staged, raw_a, raw_b, r
         next_b = next_a
         if RUNS == 2:
             next_b = tl.load(raw_vec + (RUNS + 1) * LANES, mask=more, other=0)
-    e1 = room                                              # unused unless GROUP is 2
-    mode: tl.constexpr = _EXACT_ALL if EXACT else _EXACT_NONE
+    e1 = held                                              # unused unless GROUP is 2
     for r in tl.static_range(RUNS):                        # run r of this iteration: weights 2 * r * GROUP * LANES + ...
-        buf, room, word_at, window, e0 = _next_entry(buf, room, word_at, window, True, True, word_row, word_limit,
-                                                     table_ptr, ROWS, PREFIX, TABLE, False, WINDOW, mode)
-        if GROUP == 2:
-            buf, room, word_at, window, e1 = _next_entry(buf, room, word_at, window, True, True, word_row, word_limit,
-                                                         table_ptr, ROWS, PREFIX, TABLE, False, WINDOW, mode)
+        for g in tl.static_range(GROUP):
+            if EXACT:
+                need = _exact_need(hi, held, table_ptr, TABLE)
+                hi, lo, held, word_at = _refill(hi, lo, held, need, word_at, ring, word_row, word_limit, ROWS, PREFIX,
+                                                WINDOW, _TAKE_ONE)
+            elif (r * GROUP + g) % 2 == 0:                 # a round's first step
+                hi, lo, held, word_at = _refill(hi, lo, held, held, word_at, ring, word_row, word_limit, ROWS,
+                                                PREFIX, WINDOW, _TAKE_ROUND)
+            hi, lo, held, entry = _decode_symbol(hi, lo, held, table_ptr, TABLE)
+            if g == 0:
+                e0 = entry
+            else:
+                e1 = entry
         if VECTOR and RAW_PLANES == 1:
             _store_run(e0, e1, raw_a if r == 0 else raw_b, out_vec + r * LANES, is_row, GROUP)
         else:
@@ -542,52 +601,52 @@ def _iteration(t, num_steps, buf, room, word_at, window, staged, raw_a, raw_b, r
             _store_pair(e0, raw_at + run, out_at + run, plane_stride, is_row, RAW_PLANES, VECTOR)
             if GROUP == 2:
                 _store_pair(e1, raw_at + run + 2, out_at + run + 2, plane_stride, is_row, RAW_PLANES, VECTOR)
-    return (buf, room, word_at, window, staged, next_a, next_b, raw_at + 2 * UNROLL * LANES,
+    return (hi, lo, held, word_at, staged, next_a, next_b, raw_at + 2 * UNROLL * LANES,
             out_at + 2 * UNROLL * LANES, raw_vec + RUNS * LANES, out_vec + RUNS * LANES)
 
 
 @triton.jit
-def _decode_partial(num_steps, lane, group_shift, run_mask, count, lo, span, raw_row, out_row, word_row, word_limit,
-                    plane_stride, table_ptr, ROWS: tl.constexpr, RAW_PLANES: tl.constexpr,
+def _decode_partial(num_steps, lane, group_shift, run_mask, count, lo_w, span, raw_row, out_row, words_ptr, word0,
+                    word_limit, ring, plane_stride, table_ptr, ROWS: tl.constexpr, RAW_PLANES: tl.constexpr,
                     PREFIX: tl.constexpr, TABLE: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr,
                     WINDOW: tl.constexpr):
     """Rows with a partial block or range: every step finds its symbol from the block layout (the
-    row's group is 1 << group_shift = run_mask + 1; `count` symbols) and decodes, stores its two weights
-    (those at offsets [lo, lo + span) of the block) and refills under masks (with the window in
-    registers where the whole blocks have the ring)."""
-    W: tl.constexpr = _WINDOW_REGISTERS if WINDOW == _WINDOW_RING else WINDOW
-    buf, room, word_at, window = _initial_state(word_row, word_limit, ROWS, W)
+    row's group is 1 << group_shift = run_mask + 1; `count` symbols), refills under masks (a round's
+    refill, or the exact tail's, lane by lane), decodes and stores its two weights (those at offsets
+    [lo_w, lo_w + span) of the block)."""
+    word_row = words_ptr + word0
+    hi, lo, held, word_at, staged, words_bytes, word_end = _words_start(ring, words_ptr, word0, word_limit, lane,
+                                                                        WINDOW)
     lane_at = lane << group_shift
     last = tl.maximum(2 * count - 1, 0)
     tail = (count - lane + LANES - 1) // LANES - EXACT_STEPS  # the lane's exact tail: its last steps
-    for t0 in range(0, num_steps, UNROLL):
+    for t0 in range(0, num_steps, UNROLL):                 # UNROLL is even: t0 is a round's first step
         if PREFETCH:
             _prefetch_ahead(raw_row, plane_stride, 2 * (t0 * LANES + lane_at), last, word_row, word_at, word_limit,
-                            RAW_PLANES)
+                            RAW_PLANES, WINDOW != _WINDOW_RING)
+        if WINDOW == _WINDOW_RING:
+            staged = _ring_advance(ring, words_bytes, staged, word_at, word_end, lane)
         for u in tl.static_range(UNROLL):
             t = t0 + u
             at = ((t >> group_shift) << (group_shift + 5)) + lane_at + (t & run_mask)  # symbol offset in the block
-            buf, room, word_at, window, entry = _next_entry(buf, room, word_at, window, at < count, t >= tail,
-                                                            word_row, word_limit, table_ptr, ROWS, PREFIX, TABLE,
-                                                            True, W, _EXACT_LANES)
+            exact = _exact_need(hi, held, table_ptr, TABLE)
+            if u % 2 == 0:
+                need = tl.where(t >= tail, exact, _round_need(held))
+            else:
+                need = tl.where(t >= tail, exact, 0)
+            need = tl.where(at < count, need, 0)           # lanes past the end of a partial block
+            if u % 2 == 0:
+                hi, lo, held, word_at = _refill(hi, lo, held, need, word_at, ring, word_row, word_limit, ROWS,
+                                                PREFIX, WINDOW, _TAKE_TWO)
+            else:
+                hi, lo, held, word_at = _refill(hi, lo, held, need, word_at, ring, word_row, word_limit, ROWS,
+                                                PREFIX, WINDOW, _TAKE_ONE)
+            hi, lo, held, entry = _decode_symbol(hi, lo, held, table_ptr, TABLE)
             for h in tl.static_range(2):
                 w = 2 * at + h                                     # weight offset in the block
-                write = (w - lo).to(tl.uint32, bitcast=True) < span  # lo <= w < lo + span
+                write = (w - lo_w).to(tl.uint32, bitcast=True) < span  # lo_w <= w < lo_w + span
                 value = _merge((entry >> (8 * h)) & 0xFF, raw_row + w, plane_stride, write, RAW_PLANES, True)
                 tl.store(out_row + w, value, mask=write)
-
-
-@triton.jit
-def _initial_state(word_row, word_limit, ROWS: tl.constexpr, WINDOW: tl.constexpr):
-    """buf, room, word_at and window of every lane before its first step (see _next_entry)."""
-    buf = tl.full([ROWS * LANES], 0, tl.uint32)
-    room = tl.full([ROWS * LANES], WORD_BITS, tl.int32)
-    word_at = tl.arange(0, ROWS * LANES) % LANES           # words the row has taken + the lane's index
-    if WINDOW:
-        window = _load_window(word_row, word_at, word_limit)
-    else:
-        window = word_at  # unused
-    return buf, room, word_at, window
 
 
 @triton.jit
@@ -630,12 +689,15 @@ def _decode_rows(words_ptr, index_ptr, table_ptr, raw_ptr, out_ptr, numel_total,
     span = (hi - lo).to(tl.int32)
     word0 = tl.load(index_ptr + block)
     word_limit = (tl.load(index_ptr + block + 1) - word0).to(tl.int32)
-    word_row = words_ptr + word0                           # start of the row's stream
     raw_row = raw_ptr + elem0
     out_row = out_ptr + (elem0 - start)                    # may point outside out: writes are masked
     plane_stride = numel_total.to(tl.int64)
     if TABLE == _TABLE_SHARED:
         _shared_table(table_ptr, ROWS)
+    if WINDOW == _WINDOW_RING:
+        ring = _ring_rows(ROWS, RING_DECL)                 # declared once, for either path
+    else:
+        ring = lane                                        # unused
     # every row's block written whole, of the same whole runs of GROUP in every lane (a whole block, or a
     # tensor's last block of a multiple of GROUP * LANES symbols and an even number of weights: that group,
     # codec/lanes.py), in whole loop iterations: no masks needed. Rows past the last block follow the
@@ -658,8 +720,8 @@ def _decode_rows(words_ptr, index_ptr, table_ptr, raw_ptr, out_ptr, numel_total,
             raw_vec = raw_row   # unused
             out_vec = out_row   # unused
         _decode_whole(whole_steps, lane, is_row, raw_row, out_row, raw_vec, out_vec, words_ptr, word0, word_limit,
-                      plane_stride, table_ptr, 2 * whole_steps * LANES - 1, ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH,
-                      UNROLL, WINDOW, GROUP, VECTOR, RING_DECL)
+                      ring, plane_stride, table_ptr, 2 * whole_steps * LANES - 1, ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH,
+                      UNROLL, WINDOW, GROUP, VECTOR)
     else:
         # a block whose length is not a multiple of GROUP * LANES has group 1 (codec/lanes.py)
         grouped = count % (GROUP * LANES) == 0
@@ -669,8 +731,8 @@ def _decode_rows(words_ptr, index_ptr, table_ptr, raw_ptr, out_ptr, numel_total,
         needed = ((hi + 1) // 2 + group * LANES - 1) // (group * LANES) * group
         num_steps = tl.reduce(needed, 0, _max).to(tl.int32)
         _decode_partial(num_steps, lane, group_shift, group.to(tl.int32) - 1, count.to(tl.int32), lo.to(tl.int32),
-                        span.to(tl.uint32), raw_row, out_row, word_row, word_limit, plane_stride, table_ptr,
-                        ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL, WINDOW)
+                        span.to(tl.uint32), raw_row, out_row, words_ptr, word0, word_limit, ring, plane_stride,
+                        table_ptr, ROWS, RAW_PLANES, PREFIX, TABLE, PREFETCH, UNROLL, WINDOW)
 
 
 @triton.jit
@@ -827,12 +889,10 @@ class _KernelShape:
     ring: bool         # the words may be staged in a ring (DecodeItem.can_ring)
 
     def constexprs(self, config: DecodeConfig) -> dict:
-        # the shared table and the ring need the ballot's tile (one lane a thread); the ring serves runs read
-        # and written with one access (on an H100, fp32 weights one at a time decode 1.4x slower with it)
+        # the shared table and the ring need the ballot's tile (one lane a thread)
         table = config.table if config.table != TABLE_SHARED or config.prefix == PREFIX_BALLOT else TABLE_GLOBAL
-        ring_ok = (self.ring and self.vector and config.vector and config.prefix == PREFIX_BALLOT
-                   and self.raw_planes == 1)
-        window = config.window if config.window != WINDOW_RING or ring_ok else WINDOW_REGISTERS
+        ring_ok = self.ring and config.prefix == PREFIX_BALLOT
+        window = config.window if config.window != WINDOW_RING or ring_ok else WINDOW_LOAD
         vector = self.vector and config.vector
         # steps an iteration: whole runs, at most two of them with runs read a loop iteration ahead
         unroll = min(max(config.unroll, self.group), 2 * self.group if vector else 4)
