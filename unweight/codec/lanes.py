@@ -65,6 +65,16 @@ def block_group(count: int, group: int) -> int:
 _block_group = numba.njit(cache=True, nogil=True, inline="always")(block_group)
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _append(acc, fill, done, words, code, n):
+    """Append a code (MSB-aligned in 32 bits, n bits) to a lane's bits: (acc, fill, done) after it."""
+    acc |= code >> fill
+    fill += n
+    words[done] = np.uint16(acc >> U32(16))
+    full = U32(fill >= U32(WORD_BITS))
+    return acc << (full << U32(4)), fill - (full << U32(4)), done + U64(full)
+
+
 @numba.njit(cache=True, nogil=True)
 def _pack_lane(values, first, num, stride, aligned, lengths, words, steps_of, base, uncoded):
     """Pack one lane's codes (of values[first], values[first + stride], ...) MSB-first into words[base:].
@@ -74,7 +84,11 @@ def _pack_lane(values, first, num, stride, aligned, lengths, words, steps_of, ba
     holding fewer bits than its next code takes one) and records in steps_of[base + w] the step at
     which the decoder takes word w (the index, in the lane, of the symbol it takes it for). Returns
     the number of words taken: words past the last code bits are zero.
-    Branch-free, so that the lane's state stays in registers.
+    By this step the decoder has taken ceil((bits before this symbol + want) / 16) words, or as many as
+    before: want is ROUND_BITS at a round's first step, 0 at its second, the code's length in the tail;
+    words `taken` and `taken + 1` are taken at a step if that count grows by one or two (else their
+    steps_of entries are written again later). Branch-free inside a round, so that the lane's state
+    stays in registers.
     """
     acc = U32(0)        # bits not yet written out, MSB-aligned (at most 15 + MAX_CODE_LEN)
     fill = U32(0)       # how many
@@ -82,27 +96,35 @@ def _pack_lane(values, first, num, stride, aligned, lengths, words, steps_of, ba
     taken = U64(base)   # words the decoder has taken
     missing = U32(0)
     i = U64(first)
-    exact = num - EXACT_STEPS   # the first step of the lane's exact tail
-    for k in range(num):
-        # by this step the decoder has taken ceil((bits before this symbol + want) / 16) words, or as many
-        # as before: want is ROUND_BITS at a round's first step, 0 at its second, the code's length in the
-        # tail. Words `taken` and `taken + 1` are taken now if that count grows by one or two (else their
-        # steps_of entries are written again later)
+    stride = U64(stride)
+    exact = max(num - EXACT_STEPS, 0)   # the first step of the lane's exact tail
+    k = 0
+    while k < exact:    # a round: its first step may take words, its second (if before the tail) none
+        steps_of[taken] = U32(k)
+        steps_of[taken + U64(1)] = U32(k)
+        taken = max(taken, done + U64((fill + U32(ROUND_BITS + WORD_BITS - 1)) >> U32(4)))
+        s = U64(values[i])
+        n = lengths[s]
+        missing |= U32(n == U32(0))
+        acc, fill, done = _append(acc, fill, done, words, aligned[s], n)
+        i += stride
+        k += 1
+        if k < exact:
+            s = U64(values[i])
+            n = lengths[s]
+            missing |= U32(n == U32(0))
+            acc, fill, done = _append(acc, fill, done, words, aligned[s], n)
+            i += stride
+            k += 1
+    while k < num:      # the exact tail: a word only for a code longer than the bits held
         s = U64(values[i])
         n = lengths[s]
         steps_of[taken] = U32(k)
-        steps_of[taken + U64(1)] = U32(k)
-        want = U32(ROUND_BITS) * U32(1 - (k & 1)) if k < exact else n
-        taken = max(taken, done + U64((fill + want + U32(WORD_BITS - 1)) >> U32(4)))
+        taken = max(taken, done + U64((fill + n + U32(WORD_BITS - 1)) >> U32(4)))
         missing |= U32(n == U32(0))
-        acc |= aligned[s] >> fill
-        fill += n
-        words[done] = np.uint16(acc >> U32(16))
-        full = U32(fill >= U32(WORD_BITS))
-        done += U64(full)
-        acc <<= full << U32(4)
-        fill -= full << U32(4)
-        i += U64(stride)
+        acc, fill, done = _append(acc, fill, done, words, aligned[s], n)
+        i += stride
+        k += 1
     if fill > U32(0):
         words[done] = np.uint16(acc >> U32(16))
         done += U64(1)
@@ -379,15 +401,25 @@ def _decode_whole_block(words, begin, end, table, raw, plane, block_start, steps
     for step in range(steps):
         i = U64(2) * (U64(block_start) + U64(step) // g * g * U64(LANES) + U64(step) % g)  # lane 0's first weight
         exact = step >= steps - EXACT_STEPS
-        round_want = U32(ROUND_BITS) if step % ROUND_STEPS == 0 else U32(0)
+        refill = exact or step % ROUND_STEPS == 0
         for lane in range(LANES):
             j = U64(lane)
             b, nb = buf[j], nbits[j]
-            want = table[b >> U64(64 - MAX_CODE_LEN)] >> U32(16) if exact else round_want
-            while nb < want:
-                b |= U64(words[min(pos, last)]) << U64(48 - nb)  # a truncated stream reads its last word
-                nb += U32(WORD_BITS)
-                pos += U64(1)
+            if refill:
+                # a round's first step: up to two words, to ROUND_BITS; the exact tail: one, for a code
+                # longer than the bits held (a truncated stream reads its last word)
+                if exact:
+                    take1 = U32(nb < (table[b >> U64(64 - MAX_CODE_LEN)] >> U32(16)))
+                    take2 = U32(0)
+                else:
+                    take1 = U32(nb < U32(ROUND_BITS))
+                    take2 = U32(nb < U32(ROUND_BITS - WORD_BITS))
+                w0 = U64(words[min(pos, last)]) * U64(take1)
+                w1 = U64(words[min(pos + U64(1), last)]) * U64(take2)
+                # (shift counts masked to 63: a word not taken is 0, wherever it is shifted)
+                b |= (w0 << U64((U32(48) - nb) & U32(63))) | (w1 << U64((U32(32) - nb) & U32(63)))
+                nb += (take1 + take2) << U32(4)
+                pos += U64(take1 + take2)
             entry = table[b >> U64(64 - MAX_CODE_LEN)]
             n = entry >> U32(16)
             buf[j] = b << U64(n)
