@@ -27,8 +27,9 @@ Layout of one coded tensor of n weights (all the GPU decoder needs, see kernels/
 
 The decoder keeps a 64-bit buffer per lane, MSB-aligned (at most ROUND_BITS - 1 + 16 bits): peek
 the top 13 bits, look up (symbol, length) in the decode table, shift the buffer left by the
-length. A round costs one refill (one vote over the lanes and one read of their words) for two
-codes: the decoder's dependent chain from one code to the next is a table lookup and a shift.
+length. A round costs one refill (the lanes' word counts summed by the GPU decoder's votes, and one
+read of their words) for two codes: its dependent chain from one code to the next is a table lookup
+and a shift.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ over lanes or steps:
               tail, or ceil((offset + bits) / 16) if more), so the lane takes words at that step
               when that count grows (0, 1 or 2 a step)
     stream    words stand in the order the lockstep decoder takes them (by step, then by lane):
-              a prefix sum of the `taken` flags in that order gives each word its place
+              a prefix sum of the words taken in that order gives each word its place
     bits      a code touches at most two 16-bit words of its lane: two scatter-adds (the bits of
               different codes never overlap, so adding is or-ing)
 """
