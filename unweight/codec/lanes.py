@@ -76,6 +76,15 @@ def _append(acc, fill, done, words, code, n):
     return acc << (full << U32(4)), fill - (full << U32(4)), done + U64(full)
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _append_symbol(values, i, aligned, lengths, words, acc, fill, done, missing):
+    """_append the code of symbol values[i]; `missing` notes a symbol without a code."""
+    s = U64(values[i])
+    n = lengths[s]
+    acc, fill, done = _append(acc, fill, done, words, aligned[s], n)
+    return acc, fill, done, missing | U32(n == U32(0))
+
+
 @numba.njit(cache=True, nogil=True)
 def _pack_lane(values, first, num, stride, aligned, lengths, words, steps_of, base, uncoded):
     """Pack one lane's codes (of values[first], values[first + stride], ...) MSB-first into words[base:].
@@ -104,17 +113,11 @@ def _pack_lane(values, first, num, stride, aligned, lengths, words, steps_of, ba
         steps_of[taken] = U32(k)
         steps_of[taken + U64(1)] = U32(k)
         taken = max(taken, done + U64((fill + U32(ROUND_BITS + WORD_BITS - 1)) >> U32(4)))
-        s = U64(values[i])
-        n = lengths[s]
-        missing |= U32(n == U32(0))
-        acc, fill, done = _append(acc, fill, done, words, aligned[s], n)
+        acc, fill, done, missing = _append_symbol(values, i, aligned, lengths, words, acc, fill, done, missing)
         i += stride
         k += 1
         if k < exact:
-            s = U64(values[i])
-            n = lengths[s]
-            missing |= U32(n == U32(0))
-            acc, fill, done = _append(acc, fill, done, words, aligned[s], n)
+            acc, fill, done, missing = _append_symbol(values, i, aligned, lengths, words, acc, fill, done, missing)
             i += stride
             k += 1
     while k < num:      # the exact tail: a word only for a code longer than the bits held
