@@ -256,7 +256,7 @@ def test_runs_of_neighbours_are_the_group_1_layout_of_reordered_symbols(group):
     rng = np.random.default_rng(group)
     steps, blocks = 8, 3
     sym = rng.geometric(0.4, 32 * steps * blocks + 40).clip(1, 3000).astype(np.uint16)
-    lengths = huffman.code_lengths(huffman.histogram(sym))
+    lengths = huffman.code_lengths(np.bincount(sym, minlength=huffman.NUM_SYMBOLS))
     codes = huffman.canonical_codes(lengths)
     whole = 32 * steps * blocks
     order = np.arange(whole).reshape(-1, 32, group).transpose(0, 2, 1).reshape(-1)
@@ -272,7 +272,7 @@ def test_runs_of_neighbours_are_the_group_1_layout_of_reordered_symbols(group):
 
 
 def test_group_must_divide_steps():
-    lengths = huffman.code_lengths(huffman.histogram(np.arange(64, dtype=np.uint16)))
+    lengths = huffman.code_lengths(np.bincount(np.arange(64), minlength=huffman.NUM_SYMBOLS))
     with pytest.raises(ValueError, match="group 2 with steps 7"):
         lanes.encode(np.arange(64, dtype=np.uint16), huffman.canonical_codes(lengths), lengths, 7, group=2)
 
@@ -290,7 +290,7 @@ def test_torch_encoder_writes_the_numba_encoders_streams(group, steps, wide, mon
         values = floats32.view(np.uint32) if wide else (floats32.view(np.uint32) >> 16).astype(np.uint16)
         layout = floats.LAYOUTS["F32" if wide else "BF16"]
         sym = floats.pair_symbols(layout, values.view(np.uint8))
-        lengths = huffman.code_lengths(huffman.histogram(sym))
+        lengths = huffman.code_lengths(np.bincount(sym, minlength=huffman.NUM_SYMBOLS))
         codes = huffman.canonical_codes(lengths)
         words, index = lanes.encode(sym, codes, lengths, steps, group=group)
         on_torch = lanes_torch.pair_symbols(torch.from_numpy(values.view(np.int32 if wide else np.int16).copy()),
@@ -304,7 +304,7 @@ def test_torch_encoder_writes_the_numba_encoders_streams(group, steps, wide, mon
 
 
 def test_torch_encoder_refuses_symbols_without_code():
-    lengths = huffman.code_lengths(huffman.histogram(np.full(100, 120, dtype=np.uint16)))
+    lengths = huffman.code_lengths(np.bincount(np.full(100, 120), minlength=huffman.NUM_SYMBOLS))
     values = torch.full((64,), 121, dtype=torch.int64)
     with pytest.raises(lanes.UncodedSymbolError):
         lanes_torch.encode(values, torch.from_numpy(huffman.canonical_codes(lengths).astype(np.int64)),

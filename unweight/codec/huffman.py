@@ -10,7 +10,6 @@ manifest stores.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import zstandard
 
@@ -25,21 +24,6 @@ TABLE_SIZE = 1 << MAX_CODE_LEN
 
 class TooManySymbolsError(ValueError):
     """A histogram uses more symbols than a code of MAX_CODE_LEN bits can hold."""
-
-
-@numba.njit(cache=True, nogil=True, parallel=True)
-def _histogram(sym, num_chunks):
-    partial = np.zeros((num_chunks, NUM_SYMBOLS), dtype=np.int64)
-    chunk = -(-sym.size // num_chunks)
-    for c in numba.prange(num_chunks):
-        for i in range(c * chunk, min(sym.size, (c + 1) * chunk)):
-            partial[c, sym[i]] += 1
-    return partial.sum(axis=0)
-
-
-def histogram(sym: np.ndarray) -> np.ndarray:
-    """Counts of each symbol value (int64[NUM_SYMBOLS]) of uint16 symbols."""
-    return _histogram(sym, max(1, min(16, sym.size // (1 << 18))))
 
 
 def entropy_bits(histogram: np.ndarray) -> float:

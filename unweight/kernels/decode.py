@@ -56,7 +56,6 @@ logger = logging.getLogger(__name__)
 
 LANES = tl.constexpr(_LANES)                   # lanes of a block = threads of a warp
 WORD_BITS = tl.constexpr(_WORD_BITS)           # a refill brings one 16-bit word
-MAX_CODE_LEN = tl.constexpr(_MAX_CODE_LEN)     # refill below this many buffered bits
 PEEK_SHIFT = tl.constexpr(32 - _MAX_CODE_LEN)  # hi >> PEEK_SHIFT = the next 13 bits
 PREFETCH_STEPS = tl.constexpr(8)               # PREFETCH: raw bytes this many steps ahead (2 lines)...
 PREFETCH_WORDS = tl.constexpr(128)             # ...and lane words this many words ahead (~24 steps)
