@@ -195,7 +195,7 @@ def _gather_lanes(values, start, count, g, by_lane):
 @numba.njit(cache=True, nogil=True)
 def _encode(values, aligned, lengths, steps, group, out, index, uncoded):
     block_size = LANES * steps
-    max_words = (MAX_CODE_LEN * steps + ROUND_BITS) // WORD_BITS + 2  # a lane's words (block_capacity), and one more
+    max_words = _lane_capacity(steps) + 1                   # a lane's words, and steps_of one past them
     words = np.empty(LANES * max_words, dtype=np.uint16)     # each lane's words, lane after lane
     steps_of = np.empty(LANES * max_words, dtype=np.uint32)  # the symbol each word is taken for
     taken = np.empty(LANES, dtype=np.uint64)
@@ -218,9 +218,17 @@ def check_group(group: int, steps: int) -> None:
         raise ValueError(f"group {group} with steps {steps}: the group must be one of {GROUPS} and divide steps")
 
 
+def lane_capacity(steps: int) -> int:
+    """Most words one lane can need (every code at the maximum length, and a round's refill past them)."""
+    return (MAX_CODE_LEN * steps + ROUND_BITS) // WORD_BITS + 1
+
+
+_lane_capacity = numba.njit(cache=True, nogil=True, inline="always")(lane_capacity)
+
+
 def block_capacity(steps: int) -> int:
-    """Most words one block can need (every code at the maximum length, and a round's refill past them)."""
-    return LANES * ((MAX_CODE_LEN * steps + ROUND_BITS) // WORD_BITS + 1)
+    """Most words one block can need."""
+    return LANES * lane_capacity(steps)
 
 
 def encode(values: np.ndarray, codes: np.ndarray, lengths: np.ndarray, steps: int,
